@@ -1,0 +1,114 @@
+//! The Linux `epoll` driver, level-triggered.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
+use rustix::event::Timespec;
+use rustix::io::Errno;
+
+use super::{Event, Interest};
+use crate::waker::Waker;
+
+/// The token the waker's eventfd is registered under; never handed out by a slab.
+const WAKER_TOKEN: u64 = u64::MAX;
+/// How many events one `epoll_wait` may return; more stay pending for the next wait.
+const MAX_EVENTS: usize = 256;
+
+#[derive(Debug)]
+pub struct Epoll {
+    epfd: OwnedFd,
+    waker: Arc<Waker>,
+}
+
+fn flags(interest: Interest) -> EventFlags {
+    let mut f = EventFlags::empty();
+    if interest.readable {
+        f |= EventFlags::IN;
+    }
+    if interest.writable {
+        f |= EventFlags::OUT;
+    }
+    f
+}
+
+/// Borrows a caller's raw fd for one syscall.
+fn borrow(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
+    if fd < 0 {
+        return Err(Errno::BADF.into());
+    }
+    // SAFETY: the fd is only used for the duration of one epoll_ctl call; if the caller closed it,
+    // the kernel answers EBADF, which is the error the caller should see.
+    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        let epfd = epoll::create(CreateFlags::CLOEXEC)?;
+        let waker = Arc::new(Waker::new()?);
+        epoll::add(&epfd, &*waker, EventData::new_u64(WAKER_TOKEN), EventFlags::IN)?;
+        Ok(Epoll { epfd, waker })
+    }
+
+    pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        epoll::add(&self.epfd, borrow(fd)?, EventData::new_u64(token as u64), flags(interest))?;
+        Ok(())
+    }
+
+    pub fn modify(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        let data = EventData::new_u64(token as u64);
+        match epoll::modify(&self.epfd, borrow(fd)?, data, flags(interest)) {
+            // NOTE: the fd was closed and its number reused since it was added: epoll dropped the
+            // old registration with the close, so add the new file under the same token.
+            Err(Errno::NOENT) => epoll::add(&self.epfd, borrow(fd)?, data, flags(interest))?,
+            other => other?,
+        }
+        Ok(())
+    }
+
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        match epoll::delete(&self.epfd, borrow(fd)?) {
+            Ok(()) | Err(Errno::NOENT | Errno::BADF) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        let ts = timeout.map(|d| Timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos().into() });
+        // NOTE: a stack buffer, so that a loop iteration allocates nothing here.
+        let mut buf = [MaybeUninit::<epoll::Event>::uninit(); MAX_EVENTS];
+        let (ready, _) = match epoll::wait(&self.epfd, &mut buf[..], ts.as_ref()) {
+            Ok(r) => r,
+            Err(Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        out.reserve(ready.len());
+        for ev in &*ready {
+            let token = ev.data.u64();
+            if token == WAKER_TOKEN {
+                self.waker.drain();
+                continue;
+            }
+            let f = ev.flags;
+            out.push(Event {
+                token: token as usize,
+                // As selectors.EpollSelector: any condition but OUT wakes a reader, any but IN a writer.
+                readable: !(f - EventFlags::OUT).is_empty(),
+                writable: !(f - EventFlags::IN).is_empty(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn waker(&self) -> &Arc<Waker> {
+        &self.waker
+    }
+
+    #[allow(dead_code)]
+    pub fn raw_fd(&self) -> RawFd {
+        self.epfd.as_raw_fd()
+    }
+}

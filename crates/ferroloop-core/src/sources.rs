@@ -1,0 +1,134 @@
+//! Registered file descriptors, indexed by slab token, with a cache of what the driver watches.
+//!
+//! The token is what the driver reports, so a ready event reaches its handler by indexing, not by
+//! hashing. The fd-to-token map is used only when the API names an fd (`add_reader(fd, ...)`).
+//! [`Sources::set_interest`] calls the driver only when the interest really changes: a transport
+//! that pauses and resumes reading, or a writer added while a reader exists, costs one syscall per
+//! change and none otherwise.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+
+use slab::Slab;
+
+use crate::driver::{Driver, Interest};
+
+/// One registered fd and the caller's data for it.
+#[derive(Debug)]
+pub struct Source<S> {
+    pub fd: RawFd,
+    /// What the driver currently watches this fd for.
+    interest: Interest,
+    pub data: S,
+}
+
+impl<S> Source<S> {
+    #[must_use]
+    pub fn interest(&self) -> Interest {
+        self.interest
+    }
+}
+
+/// The fds a loop watches.
+#[derive(Debug)]
+pub struct Sources<S> {
+    slab: Slab<Source<S>>,
+    by_fd: HashMap<RawFd, usize>,
+}
+
+impl<S> Default for Sources<S> {
+    fn default() -> Self {
+        Sources { slab: Slab::new(), by_fd: HashMap::new() }
+    }
+}
+
+impl<S> Sources<S> {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[must_use]
+    pub fn token_of(&self, fd: RawFd) -> Option<usize> {
+        self.by_fd.get(&fd).copied()
+    }
+
+    #[inline]
+    #[must_use]
+    pub fn get(&self, token: usize) -> Option<&Source<S>> {
+        self.slab.get(token)
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, token: usize) -> Option<&mut Source<S>> {
+        self.slab.get_mut(token)
+    }
+
+    /// Adds `fd` with no interest yet (the driver is not called). An fd that is already present
+    /// keeps its token and data.
+    pub fn insert(&mut self, fd: RawFd, data: S) -> usize {
+        if let Some(token) = self.token_of(fd) {
+            return token;
+        }
+        let token = self.slab.insert(Source { fd, interest: Interest::NONE, data });
+        self.by_fd.insert(fd, token);
+        token
+    }
+
+    /// Makes the driver watch the source for `interest`, calling it only if that changes anything.
+    /// On error the cached interest is left as it was, so the cache never lies.
+    pub fn set_interest(&mut self, driver: &Driver, token: usize, interest: Interest) -> io::Result<()> {
+        let Some(src) = self.slab.get_mut(token) else {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        };
+        let old = src.interest;
+        if old == interest {
+            return Ok(());
+        }
+        if interest.is_none() {
+            driver.delete(src.fd)?;
+        } else if old.is_none() {
+            driver.add(src.fd, token, interest)?;
+        } else {
+            driver.modify(src.fd, token, interest)?;
+        }
+        src.interest = interest;
+        Ok(())
+    }
+
+    /// Stops watching the source and forgets it, returning its data.
+    pub fn remove(&mut self, driver: &Driver, token: usize) -> Option<S> {
+        let src = self.slab.try_remove(token)?;
+        if !src.interest.is_none() {
+            // NOTE: a failure here means the fd is gone already, which is the state we want.
+            let _ = driver.delete(src.fd);
+        }
+        self.by_fd.remove(&src.fd);
+        Some(src.data)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Forgets every source, deregistering each; returns their data (the loop is closing).
+    pub fn drain(&mut self, driver: &Driver) -> Vec<S> {
+        self.by_fd.clear();
+        self.slab
+            .drain()
+            .map(|src| {
+                if !src.interest.is_none() {
+                    let _ = driver.delete(src.fd);
+                }
+                src.data
+            })
+            .collect()
+    }
+}
