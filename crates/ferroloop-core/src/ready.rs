@@ -52,6 +52,11 @@ impl<H> ReadyQueue<H> {
         self.queue.len()
     }
 
+    /// Every queued item, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &H> {
+        self.queue.iter()
+    }
+
     /// Removes every item (the loop is closing).
     pub fn drain(&mut self) -> Vec<H> {
         self.queue.drain(..).collect()

@@ -118,6 +118,11 @@ impl<S> Sources<S> {
         self.slab.is_empty()
     }
 
+    /// Every source, with its token.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Source<S>)> {
+        self.slab.iter()
+    }
+
     /// Forgets every source, deregistering each; returns their data (the loop is closing).
     pub fn drain(&mut self, driver: &Driver) -> Vec<S> {
         self.by_fd.clear();

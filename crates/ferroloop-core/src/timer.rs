@@ -124,6 +124,11 @@ impl<T> TimerQueue<T> {
         self.heap.is_empty()
     }
 
+    /// Every scheduled item, in no particular order (for the GC's traversal).
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|Reverse(e)| &e.item)
+    }
+
     /// Removes every entry (the loop is closing).
     pub fn drain(&mut self) -> Vec<T> {
         self.cancelled = 0;

@@ -1,1 +1,24 @@
-//! placeholder
+//! `ferroloop._ferroloop`: the extension module behind the `ferroloop` package.
+
+mod cell;
+mod event_loop;
+mod glue;
+mod handle;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+mod _ferroloop {
+    #[pymodule_export]
+    use crate::event_loop::LoopCore;
+    #[pymodule_export]
+    use crate::handle::{Handle, TimerHandle};
+
+    use pyo3::prelude::*;
+
+    /// The names of the I/O backends this machine offers, the default first.
+    #[pyfunction]
+    fn backends() -> Vec<&'static str> {
+        ferroloop_core::driver::Backend::available().into_iter().map(|b| b.name()).collect()
+    }
+}

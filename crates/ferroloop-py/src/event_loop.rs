@@ -1,0 +1,665 @@
+//! `LoopCore`: the Rust base class of `ferroloop.Loop`, holding everything that runs per iteration,
+//! per callback and per readiness event.
+//!
+//! The Python class `ferroloop.Loop` derives from `LoopCore` and from asyncio's own Unix selector
+//! loop; the methods defined here (`call_soon`, `call_at`, `time`, `_add_reader`, ... and the loop
+//! iteration itself) take precedence, and asyncio's Python code supplies the once-per-call API
+//! around them (argument checking, executors, DNS, servers, signals), calling back into these.
+//!
+//! One iteration ([`LoopCore::run_once`]) follows asyncio's `BaseEventLoop._run_once`: drop
+//! cancelled timers, wait for I/O (not at all if callbacks are ready or the loop is stopping),
+//! queue the callbacks of ready fds, queue the due timers, then run exactly the callbacks that
+//! were queued when the pass began.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferroloop_core::clock::{monotonic_ns, ns_to_secs, secs_to_ns};
+use ferroloop_core::driver::{Backend, Driver, Event, Interest};
+use ferroloop_core::ready::ReadyQueue;
+use ferroloop_core::sources::Sources;
+use ferroloop_core::timer::TimerQueue;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::cell::AttachedCell;
+use crate::glue::{self, os_error};
+use crate::handle::{Callback, Handle, TimerHandle};
+
+/// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, 24 hours.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// A callback waiting in the ready queue.
+enum Ready {
+    /// One of ours: run without any Python-level dispatch.
+    Native(Py<Handle>),
+    /// Any object with `_run()` and `_cancelled`, e.g. the `asyncio.Handle` that asyncio's signal
+    /// code passes to `_add_callback`.
+    Foreign(Py<PyAny>),
+}
+
+/// The callbacks registered for one fd.
+#[derive(Default)]
+struct IoEntry {
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+}
+
+impl IoEntry {
+    fn interest(&self) -> Interest {
+        Interest { readable: self.reader.is_some(), writable: self.writer.is_some() }
+    }
+}
+
+struct State {
+    /// `None` before `_core_init` and after close.
+    driver: Option<Arc<Driver>>,
+    ready: ReadyQueue<Ready>,
+    timers: TimerQueue<Py<TimerHandle>>,
+    sources: Sources<IoEntry>,
+    /// Reused across iterations so that a wait allocates nothing.
+    events: Vec<Event>,
+}
+
+#[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
+pub struct LoopCore {
+    state: AttachedCell<State>,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    debug: AtomicBool,
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+/// `contextvars.copy_context()`.
+fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: PyContext_CopyCurrent returns a new reference or null with an exception set.
+    unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()) }
+}
+
+/// selectors' `_fileobj_to_fd`: an int, or an object with `fileno()`; never negative.
+fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()?
+    } else {
+        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())));
+        let fileno = obj.call_method0("fileno").map_err(|e| {
+            let py = obj.py();
+            if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
+                || e.is_instance_of::<PyTypeError>(py)
+                || e.is_instance_of::<PyValueError>(py)
+            {
+                invalid()
+            } else {
+                e
+            }
+        })?;
+        fileno.call_method0("__int__").and_then(|v| v.extract()).map_err(|_| invalid())?
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+impl LoopCore {
+    #[inline]
+    pub fn debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+
+    /// A timer in the queue was cancelled: counts towards compaction.
+    pub fn timer_cancelled(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.with(py, |s| s.timers.note_cancelled())
+    }
+
+    fn new_handle(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Handle> {
+        let py = slf.py();
+        let context = match context {
+            Some(c) if !c.is_none() => c.clone().unbind(),
+            _ => copy_context(py)?,
+        };
+        let cb = Callback { callback: callback.clone().unbind(), args: args.clone().unbind(), context };
+        Handle::new(py, cb, slf.clone().unbind(), slf.get().debug())
+    }
+
+    /// asyncio's debug-mode checks of `call_soon` and friends (`_check_thread`, `_check_callback`).
+    fn debug_checks(slf: &Bound<'_, Self>, callback: &Bound<'_, PyAny>, method: &str, thread: bool) -> PyResult<()> {
+        if thread {
+            slf.call_method0("_check_thread")?;
+        }
+        slf.call_method1("_check_callback", (callback, method))?;
+        Ok(())
+    }
+
+    fn schedule_at(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug() {
+            Self::debug_checks(slf, callback, "call_at", true)?;
+        }
+        let handle = Self::new_handle(slf, callback, args, context)?;
+        let timer = Py::new(py, PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when)))?;
+        let queued = timer.clone_ref(py);
+        this.state.with(py, |s| s.timers.push(secs_to_ns(when), queued))?;
+        Ok(timer)
+    }
+
+    /// Changes the callback for one direction of `fd`, registering or deregistering the fd as
+    /// needed. Returns the callback it replaced (to be cancelled by the caller).
+    fn set_io_callback(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        write: bool,
+        handle: Option<Py<Handle>>,
+    ) -> PyResult<Option<Py<Handle>>> {
+        self.state.with(py, |s| {
+            let Some(driver) = s.driver.clone() else { return Err((closed_error(), None)) };
+            let token = match s.sources.token_of(fd) {
+                Some(t) => t,
+                None if handle.is_none() => return Ok(None),
+                None => s.sources.insert(fd, IoEntry::default()),
+            };
+            let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
+            let slot = if write { &mut entry.writer } else { &mut entry.reader };
+            let old = std::mem::replace(slot, handle);
+            let interest = entry.interest();
+            match s.sources.set_interest(&driver, token, interest) {
+                Ok(()) => {
+                    if interest.is_none() {
+                        s.sources.remove(&driver, token);
+                    }
+                    Ok(old)
+                }
+                Err(e) => {
+                    // Leave things as they were; forget an fd that never got registered.
+                    let entry = &mut s.sources.get_mut(token).expect("still there").data;
+                    let slot = if write { &mut entry.writer } else { &mut entry.reader };
+                    let new = std::mem::replace(slot, old);
+                    if s.sources.get(token).is_some_and(|src| src.interest().is_none()) {
+                        s.sources.remove(&driver, token);
+                    }
+                    // Returned, not dropped here: the caller drops it after the borrow.
+                    Err((os_error(&e), new))
+                }
+            }
+        })?
+        .map_err(|(err, new)| {
+            drop(new);
+            err
+        })
+    }
+
+    fn add_io(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        write: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let fd = fileobj_to_fd(fd)?;
+        let handle = Py::new(py, Self::new_handle(slf, callback, args, None)?)?;
+        if let Some(old) = this.set_io_callback(py, fd, write, Some(handle.clone_ref(py)))? {
+            Handle::cancel(old.bind(py))?;
+        }
+        Ok(handle)
+    }
+
+    fn remove_io(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd)?;
+        match this.set_io_callback(py, fd, write, None)? {
+            Some(old) => {
+                Handle::cancel(old.bind(py))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// One loop iteration. Errors are what must stop `run_forever`: `SystemExit`,
+    /// `KeyboardInterrupt`, an exception from a signal handler, or a failing wait.
+    fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+
+        // Drop cancelled timers, decide how long to wait.
+        let stopping = this.stopping.load(Ordering::Relaxed);
+        let (driver, timeout, mut events, purged) = this.state.with(py, |s| {
+            let purged = s.timers.purge_cancelled(|t| t.bind(py).as_super().get().is_cancelled());
+            for t in &purged {
+                t.get().unschedule();
+            }
+            let timeout = if !s.ready.is_empty() || stopping {
+                Some(Duration::ZERO)
+            } else {
+                s.timers.next_deadline().map(|d| Duration::from_nanos(d.saturating_sub(monotonic_ns())).min(MAX_WAIT))
+            };
+            (s.driver.clone(), timeout, std::mem::take(&mut s.events), purged)
+        })?;
+        drop(purged);
+        let driver = driver.ok_or_else(closed_error)?;
+
+        let waited = if timeout == Some(Duration::ZERO) {
+            driver.wait(&mut events, timeout)
+        } else {
+            py.detach(|| driver.wait(&mut events, timeout))
+        };
+        if let Err(e) = waited {
+            return Err(os_error(&e));
+        }
+        // Python-level signal handlers (KeyboardInterrupt on SIGINT) run here, as they would when
+        // asyncio's select() returns EINTR.
+        if let Err(e) = py.check_signals() {
+            events.clear();
+            this.state.with(py, |s| s.events = events)?;
+            return Err(e);
+        }
+
+        // Queue the callbacks of ready fds, then the due timers.
+        let now = monotonic_ns();
+        let stale = this.state.with(py, |s| {
+            let mut stale: Vec<Py<Handle>> = Vec::new();
+            for ev in events.drain(..) {
+                let Some(src) = s.sources.get_mut(ev.token) else { continue };
+                let mut changed = false;
+                for (ready, slot) in [(ev.readable, &mut src.data.reader), (ev.writable, &mut src.data.writer)] {
+                    if !ready {
+                        continue;
+                    }
+                    let Some(h) = slot.as_ref() else { continue };
+                    if h.get().is_cancelled() {
+                        // asyncio's _process_events: a cancelled reader or writer is removed.
+                        stale.extend(slot.take());
+                        changed = true;
+                    } else {
+                        s.ready.push(Ready::Native(h.clone_ref(py)));
+                    }
+                }
+                if changed {
+                    let interest = src.data.interest();
+                    if let Some(d) = s.driver.as_deref() {
+                        if interest.is_none() {
+                            s.sources.remove(d, ev.token);
+                        } else {
+                            // NOTE: a failure means the fd is gone; the next add reports it.
+                            let _ = s.sources.set_interest(d, ev.token, interest);
+                        }
+                    }
+                }
+            }
+            s.events = events;
+            while let Some(t) = s.timers.pop_due(now) {
+                t.get().unschedule();
+                s.ready.push(Ready::Native(t.into_bound(py).into_super().unbind()));
+            }
+            stale
+        })?;
+        drop(stale);
+
+        // Run what is ready now; what these callbacks schedule runs next iteration.
+        let ntodo = this.state.with(py, |s| s.ready.begin_pass())?;
+        let debug = this.debug();
+        for _ in 0..ntodo {
+            let Some(item) = this.state.with(py, |s| s.ready.pop())? else { break };
+            match item {
+                Ready::Native(h) => {
+                    let h = h.bind(py);
+                    if h.get().is_cancelled() {
+                        continue;
+                    }
+                    if debug {
+                        glue::helper(py, "run_handle_debug")?.call1((slf, h))?;
+                    } else {
+                        Handle::run(h)?;
+                    }
+                }
+                Ready::Foreign(obj) => {
+                    let obj = obj.bind(py);
+                    if obj.getattr("_cancelled")?.is_truthy()? {
+                        continue;
+                    }
+                    if debug {
+                        glue::helper(py, "run_handle_debug")?.call1((slf, obj))?;
+                    } else {
+                        obj.call_method0("_run")?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> LoopCore {
+        LoopCore {
+            state: AttachedCell::new(State {
+                driver: None,
+                ready: ReadyQueue::new(),
+                timers: TimerQueue::new(),
+                sources: Sources::new(),
+                events: Vec::with_capacity(64),
+            }),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+        }
+    }
+
+    /// Creates the I/O driver. `backend` is a name from `ferroloop.backends()`.
+    fn _core_init(&self, py: Python<'_>, backend: &str) -> PyResult<()> {
+        let backend: Backend = backend.parse().map_err(PyValueError::new_err)?;
+        let driver = Driver::new(backend).map_err(|e| os_error(&e))?;
+        let old = self.state.with(py, |s| s.driver.replace(Arc::new(driver)))?;
+        drop(old);
+        Ok(())
+    }
+
+    /// The name of the I/O backend this loop runs on.
+    #[getter]
+    fn backend(&self, py: Python<'_>) -> PyResult<Option<&'static str>> {
+        self.state.with(py, |s| s.driver.as_ref().map(|d| d.backend().name()))
+    }
+
+    fn time(&self) -> f64 {
+        ns_to_secs(monotonic_ns())
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug() {
+            Self::debug_checks(slf, callback, "call_soon", true)?;
+        }
+        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
+        let queued = handle.clone_ref(py);
+        this.state.with(py, |s| s.ready.push(Ready::Native(queued)))?;
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug() {
+            Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
+        }
+        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
+        let queued = handle.clone_ref(py);
+        this.state.with(py, |s| {
+            s.ready.push(Ready::Native(queued));
+            if let Some(d) = &s.driver {
+                // NOTE: a failed wake (no memory for the eventfd write) only delays the callback.
+                let _ = d.waker().wake();
+            }
+        })?;
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let now = slf.get().time();
+        let when = match delay.extract::<f64>() {
+            Ok(d) if delay.is_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() => now + d,
+            // Anything else goes through Python's `+`, so errors read as asyncio's do.
+            _ => PyFloat::new(py, now).add(delay)?.extract::<f64>()?,
+        };
+        Self::schedule_at(slf, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        Self::schedule_at(slf, when.extract::<f64>()?, callback, args, context)
+    }
+
+    /// asyncio's hook for handles made elsewhere (signal handlers): queue unless cancelled.
+    fn _add_callback(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let item = if let Ok(h) = handle.cast::<Handle>() {
+            if h.get().is_cancelled() {
+                return Ok(());
+            }
+            Ready::Native(h.clone().unbind())
+        } else {
+            if handle.getattr("_cancelled")?.is_truthy()? {
+                return Ok(());
+            }
+            Ready::Foreign(handle.clone().unbind())
+        };
+        slf.get().state.with(py, |s| s.ready.push(item))
+    }
+
+    fn _add_callback_signalsafe(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::_add_callback(slf, handle)?;
+        slf.get()._write_to_self(slf.py())
+    }
+
+    /// Wakes the loop if it is blocked waiting for I/O.
+    fn _write_to_self(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.with(py, |s| {
+            if let Some(d) = &s.driver {
+                let _ = d.waker().wake();
+            }
+        })
+    }
+
+    fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        if handle.getattr("_scheduled")?.is_truthy()? {
+            self.timer_cancelled(py)?;
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_io(slf, fd, callback, args, false)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_io(slf, fd, callback, args, true)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_io(slf, fd, false)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_io(slf, fd, true)
+    }
+
+    /// What is registered for `fd`: `(events, reader, writer)` with selectors' event bits, or None.
+    fn _io_key(&self, py: Python<'_>, fd: RawFd) -> PyResult<Option<(u8, Option<Py<Handle>>, Option<Py<Handle>>)>> {
+        self.state.with(py, |s| {
+            let src = s.sources.get(s.sources.token_of(fd)?)?;
+            let d = &src.data;
+            let mask = u8::from(d.reader.is_some()) | (u8::from(d.writer.is_some()) << 1);
+            Some((mask, d.reader.as_ref().map(|h| h.clone_ref(py)), d.writer.as_ref().map(|h| h.clone_ref(py))))
+        })
+    }
+
+    /// Every fd with a reader or writer.
+    fn _io_fds(&self, py: Python<'_>) -> PyResult<Vec<RawFd>> {
+        self.state.with(py, |s| s.sources.iter().map(|(_, src)| src.fd).collect())
+    }
+
+    /// Runs iterations until `stop()`; `run_forever` in Python sets up around it.
+    fn _run_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let result = loop {
+            if let Err(e) = Self::run_once(slf) {
+                break Err(e);
+            }
+            if this.stopping.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+        };
+        this.stopping.store(false, Ordering::Relaxed);
+        result
+    }
+
+    /// One iteration, as asyncio's `_run_once` (for code and tests that drive the loop by hand).
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run_once(slf)
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    #[getter(_closed)]
+    fn closed_attr(&self) -> bool {
+        self.is_closed()
+    }
+
+    #[setter(_closed)]
+    fn set_closed_attr(&self, value: bool) {
+        self.closed.store(value, Ordering::Relaxed);
+    }
+
+    #[getter(_stopping)]
+    fn stopping_attr(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping_attr(&self, value: bool) {
+        self.stopping.store(value, Ordering::Relaxed);
+    }
+
+    #[getter(_debug)]
+    fn debug_attr(&self) -> bool {
+        self.debug()
+    }
+
+    #[setter(_debug)]
+    fn set_debug_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(value.is_truthy()?, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts for tests and introspection: `(ready, timers, fds)`.
+    fn _core_counts(&self, py: Python<'_>) -> PyResult<(usize, usize, usize)> {
+        self.state.with(py, |s| (s.ready.len(), s.timers.len(), s.sources.len()))
+    }
+
+    /// Drops every queued callback, timer and fd registration and closes the driver's fds.
+    fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
+        self.closed.store(true, Ordering::Relaxed);
+        let dropped = self.state.with(py, |s| {
+            let sources = match s.driver.as_deref() {
+                Some(d) => s.sources.drain(d),
+                None => Vec::new(),
+            };
+            (s.ready.drain(), s.timers.drain(), sources, s.driver.take())
+        })?;
+        for t in &dropped.1 {
+            t.get().unschedule();
+        }
+        drop(dropped);
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.state.for_traverse() else { return Ok(()) };
+        for item in s.ready.iter() {
+            match item {
+                Ready::Native(h) => visit.call(h)?,
+                Ready::Foreign(o) => visit.call(o)?,
+            }
+        }
+        for t in s.timers.iter() {
+            visit.call(t)?;
+        }
+        for (_, src) in s.sources.iter() {
+            visit.call(&src.data.reader)?;
+            visit.call(&src.data.writer)?;
+        }
+        Ok(())
+    }
+}

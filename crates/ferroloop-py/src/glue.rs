@@ -1,0 +1,34 @@
+//! Python-side helpers the Rust code calls on rare paths (reprs, error reports, debug mode), and
+//! small conversions shared by the modules.
+//!
+//! The helpers live in `ferroloop/_glue.py`: formatting a callback the way asyncio does is
+//! Python's job, and keeping it there keeps the messages identical to asyncio's.
+
+use std::io;
+
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyModule;
+
+static GLUE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// The function `name` of `ferroloop._glue`.
+pub fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    let module = GLUE.get_or_try_init(py, || PyModule::import(py, "ferroloop._glue").map(Bound::unbind))?;
+    module.bind(py).getattr(name)
+}
+
+/// An `OSError` with `errno` and `strerror` set, so Python maps it to the right subclass
+/// (`PermissionError` for `EPERM`, ...), as the `select` module's errors are.
+pub fn os_error(err: &io::Error) -> PyErr {
+    match err.raw_os_error() {
+        Some(code) => {
+            let msg = io::Error::from_raw_os_error(code).to_string();
+            // Rust appends " (os error N)"; Python's strerror has no such suffix.
+            let msg = msg.split(" (os error").next().unwrap_or(&msg).to_owned();
+            PyOSError::new_err((code, msg))
+        }
+        None => PyOSError::new_err(err.to_string()),
+    }
+}

@@ -1,0 +1,55 @@
+"""ferroloop: a drop-in replacement for asyncio's event loop, written in Rust.
+
+    import ferroloop
+    ferroloop.run(main())                                     # like asyncio.run
+    asyncio.Runner(loop_factory=ferroloop.new_event_loop)     # or with a Runner
+"""
+
+import asyncio as _asyncio
+import warnings as _warnings
+from asyncio import unix_events as _unix_events
+
+from ._ferroloop import Handle, TimerHandle
+from ._loop import BACKEND_ENV, Loop, backends
+
+__all__ = (
+    "BACKEND_ENV",
+    "EventLoopPolicy",
+    "Handle",
+    "Loop",
+    "TimerHandle",
+    "backends",
+    "install",
+    "new_event_loop",
+    "run",
+)
+
+
+def new_event_loop(*, backend=None):
+    """A new ferroloop event loop. ``backend`` is one of ``backends()``; the default comes from
+    the ``FERROLOOP_BACKEND`` environment variable, else the first of ``backends()``."""
+    return Loop(backend=backend)
+
+
+def run(main, *, debug=None, loop_factory=new_event_loop):
+    """Run a coroutine on a new ferroloop loop and return its result, as ``asyncio.run``."""
+    with _asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
+        return runner.run(main)
+
+
+class EventLoopPolicy(_unix_events._UnixDefaultEventLoopPolicy):
+    """An event loop policy whose loops are ferroloop loops (asyncio's policy API is deprecated
+    from Python 3.14 on; prefer ``loop_factory=ferroloop.new_event_loop``)."""
+
+    def _loop_factory(self):
+        return new_event_loop()
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.{type(self).__qualname__}>"
+
+
+def install():
+    """Make ferroloop asyncio's default loop through the (deprecated) policy API."""
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore", DeprecationWarning)
+        _asyncio.set_event_loop_policy(EventLoopPolicy())

@@ -1,0 +1,111 @@
+"""``ferroloop.Loop``: the Rust core (``_ferroloop.LoopCore``) under asyncio's own API.
+
+The class derives from ``LoopCore`` first and from asyncio's Unix selector loop second. Everything
+that runs per iteration, per callback and per readiness event is ``LoopCore``'s (Rust): the loop
+iteration, ``call_soon``/``call_at``/``call_later``, handles and timers, ``time()`` and the
+reader/writer registrations. What runs once per call — argument checking, executors, DNS,
+``create_connection``/``create_server``, the ``sock_*`` methods, signal handlers — is asyncio's own
+Python code, which reaches the Rust core through the hooks it always calls (``_add_reader``,
+``_add_callback``, ``_write_to_self``, ...). So the API behaves as asyncio's does, messages
+included, while the hot path stays in Rust.
+
+Rules for contributors: a method defined here must be something asyncio's code does not already
+do correctly on top of ``LoopCore``; and nothing that runs per iteration or per event belongs here.
+"""
+
+import os
+import selectors
+import sys
+import threading
+from asyncio import events, unix_events
+
+from . import _ferroloop
+
+__all__ = ("Loop", "backends")
+
+#: The environment variable that picks the I/O backend when ``new_event_loop`` is not told.
+BACKEND_ENV = "FERROLOOP_BACKEND"
+
+
+def backends():
+    """The I/O backends this machine offers, the default first."""
+    return list(_ferroloop.backends())
+
+
+class _SelectorView(selectors.BaseSelector):
+    """What code that peeks at ``loop._selector`` sees: ferroloop's registrations, read-only.
+
+    asyncio's transports look at ``loop._selector`` in their ``__repr__`` to say whether they are
+    polling; the registrations themselves change only through ``add_reader``/``add_writer``.
+    """
+
+    def __init__(self, core):
+        self._core = core
+
+    def register(self, fileobj, events, data=None):
+        raise NotImplementedError("ferroloop registers fds through loop.add_reader/add_writer")
+
+    def unregister(self, fileobj):
+        raise NotImplementedError("ferroloop registers fds through loop.add_reader/add_writer")
+
+    def select(self, timeout=None):
+        raise NotImplementedError("ferroloop's loop waits for I/O itself")
+
+    def _key(self, fd, fileobj):
+        found = self._core._io_key(fd) if self._core is not None else None
+        if found is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        mask, reader, writer = found
+        return selectors.SelectorKey(fileobj, fd, mask, (reader, writer))
+
+    def get_key(self, fileobj):
+        fd = selectors._fileobj_to_fd(fileobj)
+        return self._key(fd, fileobj)
+
+    def get_map(self):
+        if self._core is None:
+            return None
+        return {fd: self._key(fd, fd) for fd in self._core._io_fds()}
+
+    def close(self):
+        self._core = None
+
+
+class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
+    """An asyncio event loop whose scheduler, timers and I/O dispatch are written in Rust."""
+
+    def __init__(self, *, backend=None):
+        if backend is None:
+            backend = os.environ.get(BACKEND_ENV) or backends()[0]
+        self._core_init(backend)
+        super().__init__(selector=_SelectorView(self))
+
+    def run_forever(self):
+        """Run until stop() is called."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        try:
+            self._thread_id = threading.get_ident()
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._run_core()
+        finally:
+            self._stopping = False
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def close(self):
+        """Close the loop: drop pending callbacks and timers, release its fds and executor."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        super().close()
+        self._close_core()
