@@ -9,15 +9,15 @@
 //! - [`timer`]: the timer queue, keyed by `(deadline_ns, seq)` so equal deadlines fire in FIFO
 //!   order, with asyncio's lazy cancellation and compaction rule.
 //! - [`ready`]: the ready queue with asyncio's ordering (one pass runs only what was queued before
-//!   it started) and the cross-thread inbox.
+//!   it started).
 //! - [`sources`]: registered file descriptors, indexed by slab token, with the interest cache that
 //!   skips `epoll_ctl` calls when nothing changed.
 //! - [`clock`]: the monotonic clock in integer nanoseconds.
 //!
 //! # Implementation
 //!
-//! The loop is single-threaded by contract: everything but the [`waker::Waker`] and the
-//! [`ready::Inbox`] is owned by the thread running the loop and takes `&mut self`. The driver's
+//! The loop is single-threaded by contract: everything but the [`waker::Waker`] is owned by
+//! whichever thread holds the loop's state (the binding guards it) and takes `&mut self`. The driver's
 //! methods take `&self` because the kernel object behind them (an epoll fd) may be changed while
 //! another thread waits on it; the binding waits with the interpreter detached.
 //!

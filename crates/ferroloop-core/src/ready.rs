@@ -1,8 +1,6 @@
-//! The ready queue, with asyncio's ordering, and the inbox that other threads schedule through.
+//! The ready queue, with asyncio's ordering.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 /// Callbacks ready to run, in FIFO order.
 ///
@@ -16,7 +14,9 @@ pub struct ReadyQueue<H> {
 
 impl<H> Default for ReadyQueue<H> {
     fn default() -> Self {
-        ReadyQueue { queue: VecDeque::with_capacity(64) }
+        ReadyQueue {
+            queue: VecDeque::with_capacity(64),
+        }
     }
 }
 
@@ -63,58 +63,9 @@ impl<H> ReadyQueue<H> {
     }
 }
 
-/// Items pushed by other threads (`call_soon_threadsafe`), moved to the ready queue by the loop
-/// thread once per iteration.
-///
-/// The loop thread pays one atomic load per iteration when nothing was pushed; the mutex is taken
-/// only by pushers and by the loop thread when the `pending` flag says there is something to take.
-#[derive(Debug)]
-pub struct Inbox<H> {
-    items: Mutex<Vec<H>>,
-    pending: AtomicBool,
-}
-
-impl<H> Default for Inbox<H> {
-    fn default() -> Self {
-        Inbox { items: Mutex::new(Vec::new()), pending: AtomicBool::new(false) }
-    }
-}
-
-impl<H> Inbox<H> {
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Queues an item from any thread. The caller then wakes the driver.
-    pub fn push(&self, item: H) {
-        let mut items = self.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        items.push(item);
-        self.pending.store(true, Ordering::Release);
-    }
-
-    /// True if something was pushed since the last [`Inbox::take`].
-    #[inline]
-    #[must_use]
-    pub fn has_pending(&self) -> bool {
-        self.pending.load(Ordering::Acquire)
-    }
-
-    /// Takes everything pushed so far, in push order.
-    pub fn take(&self) -> Vec<H> {
-        if !self.has_pending() {
-            return Vec::new();
-        }
-        let mut items = self.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.pending.store(false, Ordering::Release);
-        std::mem::take(&mut *items)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn pass_runs_only_what_was_queued_before_it() {
@@ -130,27 +81,5 @@ mod tests {
         }
         assert_eq!(ran, vec![1, 2]);
         assert_eq!(q.drain(), vec![10, 20]);
-    }
-
-    #[test]
-    fn inbox_keeps_order_across_threads() {
-        let inbox = Arc::new(Inbox::new());
-        assert!(!inbox.has_pending());
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let inbox = Arc::clone(&inbox);
-                std::thread::spawn(move || (0..100).for_each(|i| inbox.push((t, i))))
-            })
-            .collect();
-        threads.into_iter().for_each(|t| t.join().unwrap());
-        assert!(inbox.has_pending());
-        let items = inbox.take();
-        assert_eq!(items.len(), 400);
-        for t in 0..4 {
-            let mine: Vec<i32> = items.iter().filter(|(tt, _)| *tt == t).map(|(_, i)| *i).collect();
-            assert_eq!(mine, (0..100).collect::<Vec<_>>());
-        }
-        assert!(!inbox.has_pending());
-        assert!(inbox.take().is_empty());
     }
 }

@@ -39,7 +39,10 @@ pub struct Sources<S> {
 
 impl<S> Default for Sources<S> {
     fn default() -> Self {
-        Sources { slab: Slab::new(), by_fd: HashMap::new() }
+        Sources {
+            slab: Slab::new(),
+            by_fd: HashMap::new(),
+        }
     }
 }
 
@@ -71,7 +74,11 @@ impl<S> Sources<S> {
         if let Some(token) = self.token_of(fd) {
             return token;
         }
-        let token = self.slab.insert(Source { fd, interest: Interest::NONE, data });
+        let token = self.slab.insert(Source {
+            fd,
+            interest: Interest::NONE,
+            data,
+        });
         self.by_fd.insert(fd, token);
         token
     }

@@ -56,7 +56,11 @@ impl<T> Default for TimerQueue<T> {
 impl<T> TimerQueue<T> {
     #[must_use]
     pub fn new() -> Self {
-        TimerQueue { heap: BinaryHeap::new(), next_seq: 0, cancelled: 0 }
+        TimerQueue {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            cancelled: 0,
+        }
     }
 
     /// Schedules `item` at `deadline` (ns on the [`crate::clock`]).
@@ -132,7 +136,11 @@ impl<T> TimerQueue<T> {
     /// Removes every entry (the loop is closing).
     pub fn drain(&mut self) -> Vec<T> {
         self.cancelled = 0;
-        std::mem::take(&mut self.heap).into_vec().into_iter().map(|Reverse(e)| e.item).collect()
+        std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .map(|Reverse(e)| e.item)
+            .collect()
     }
 }
 

@@ -18,7 +18,10 @@ pub struct Waker {
 impl Waker {
     pub fn new() -> io::Result<Waker> {
         let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Waker { fd, pending: AtomicBool::new(false) })
+        Ok(Waker {
+            fd,
+            pending: AtomicBool::new(false),
+        })
     }
 
     /// Makes the driver's current or next wait return at once.

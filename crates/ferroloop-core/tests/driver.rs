@@ -32,7 +32,15 @@ fn readable_is_level_triggered() {
         for _ in 0..3 {
             // Not read: reported again on every wait.
             let ev = poll(&d, Duration::from_secs(5));
-            assert_eq!(ev, vec![Event { token: 7, readable: true, writable: false }], "{b:?}");
+            assert_eq!(
+                ev,
+                vec![Event {
+                    token: 7,
+                    readable: true,
+                    writable: false
+                }],
+                "{b:?}"
+            );
         }
         let mut buf = [0u8; 1];
         (&a).read_exact(&mut buf).unwrap();
@@ -46,7 +54,14 @@ fn writable_and_modify() {
         let d = Driver::new(b).unwrap();
         let (a, _peer) = UnixStream::pair().unwrap();
         d.add(a.as_raw_fd(), 1, Interest::WRITABLE).unwrap();
-        assert_eq!(poll(&d, Duration::from_secs(5)), vec![Event { token: 1, readable: false, writable: true }]);
+        assert_eq!(
+            poll(&d, Duration::from_secs(5)),
+            vec![Event {
+                token: 1,
+                readable: false,
+                writable: true
+            }]
+        );
         d.modify(a.as_raw_fd(), 1, Interest::READABLE).unwrap();
         assert!(poll(&d, Duration::ZERO).is_empty(), "{b:?}");
         d.delete(a.as_raw_fd()).unwrap();
@@ -94,7 +109,11 @@ fn bad_fds_are_errors() {
         let (a, _p) = UnixStream::pair().unwrap();
         let fd = a.as_raw_fd();
         drop(a);
-        assert_eq!(d.add(fd, 0, Interest::READABLE).unwrap_err().raw_os_error(), Some(9), "{b:?}: EBADF");
+        assert_eq!(
+            d.add(fd, 0, Interest::READABLE).unwrap_err().raw_os_error(),
+            Some(9),
+            "{b:?}: EBADF"
+        );
     }
 }
 
@@ -102,20 +121,23 @@ fn bad_fds_are_errors() {
 fn sources_skip_unchanged_interest() {
     for b in backends() {
         let d = Driver::new(b).unwrap();
-        let mut s = Sources::new();
+        let mut sources = Sources::new();
         let (a, mut w) = UnixStream::pair().unwrap();
-        let t = s.insert(a.as_raw_fd(), "data");
-        assert_eq!(s.insert(a.as_raw_fd(), "other"), t, "same fd, same token");
-        assert_eq!(s.token_of(a.as_raw_fd()), Some(t));
-        s.set_interest(&d, t, Interest::READABLE).unwrap();
-        s.set_interest(&d, t, Interest::READABLE).unwrap();
+        let token = sources.insert(a.as_raw_fd(), "data");
+        assert_eq!(sources.insert(a.as_raw_fd(), "other"), token, "same fd, same token");
+        assert_eq!(sources.token_of(a.as_raw_fd()), Some(token));
+        sources.set_interest(&d, token, Interest::READABLE).unwrap();
+        sources.set_interest(&d, token, Interest::READABLE).unwrap();
         w.write_all(b"x").unwrap();
-        assert_eq!(poll(&d, Duration::from_secs(5))[0].token, t);
-        s.set_interest(&d, t, Interest::NONE).unwrap();
-        assert!(poll(&d, Duration::ZERO).is_empty(), "{b:?}: interest none means not watched");
-        assert_eq!(s.remove(&d, t), Some("data"));
-        assert!(s.is_empty());
-        assert_eq!(s.token_of(a.as_raw_fd()), None);
+        assert_eq!(poll(&d, Duration::from_secs(5))[0].token, token);
+        sources.set_interest(&d, token, Interest::NONE).unwrap();
+        assert!(
+            poll(&d, Duration::ZERO).is_empty(),
+            "{b:?}: interest none means not watched"
+        );
+        assert_eq!(sources.remove(&d, token), Some("data"));
+        assert!(sources.is_empty());
+        assert_eq!(sources.token_of(a.as_raw_fd()), None);
     }
 }
 

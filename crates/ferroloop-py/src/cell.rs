@@ -31,7 +31,10 @@ unsafe impl<T: Send> Sync for AttachedCell<T> {}
 #[cfg(not(Py_GIL_DISABLED))]
 impl<T> AttachedCell<T> {
     pub fn new(value: T) -> Self {
-        AttachedCell { value: std::cell::UnsafeCell::new(value), borrowed: std::cell::Cell::new(false) }
+        AttachedCell {
+            value: std::cell::UnsafeCell::new(value),
+            borrowed: std::cell::Cell::new(false),
+        }
     }
 
     /// Runs `f` with exclusive access to the value. Fails if the value is already borrowed
@@ -68,7 +71,9 @@ pub struct AttachedCell<T> {
 #[cfg(Py_GIL_DISABLED)]
 impl<T> AttachedCell<T> {
     pub fn new(value: T) -> Self {
-        AttachedCell { value: std::sync::Mutex::new(value) }
+        AttachedCell {
+            value: std::sync::Mutex::new(value),
+        }
     }
 
     #[inline]

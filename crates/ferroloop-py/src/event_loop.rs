@@ -43,6 +43,9 @@ enum Ready {
     Foreign(Py<PyAny>),
 }
 
+/// What `_io_key` reports for an fd: `(selectors event mask, reader, writer)`.
+type IoKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
+
 /// The callbacks registered for one fd.
 #[derive(Default)]
 struct IoEntry {
@@ -52,7 +55,10 @@ struct IoEntry {
 
 impl IoEntry {
     fn interest(&self) -> Interest {
-        Interest { readable: self.reader.is_some(), writable: self.writer.is_some() }
+        Interest {
+            readable: self.reader.is_some(),
+            writable: self.writer.is_some(),
+        }
     }
 }
 
@@ -89,7 +95,12 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = if obj.is_instance_of::<PyInt>() {
         obj.extract()?
     } else {
-        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())));
+        let invalid = || {
+            PyValueError::new_err(format!(
+                "Invalid file object: {}",
+                obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())
+            ))
+        };
         let fileno = obj.call_method0("fileno").map_err(|e| {
             let py = obj.py();
             if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
@@ -101,7 +112,10 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
                 e
             }
         })?;
-        fileno.call_method0("__int__").and_then(|v| v.extract()).map_err(|_| invalid())?
+        fileno
+            .call_method0("__int__")
+            .and_then(|v| v.extract())
+            .map_err(|_| invalid())?
     };
     if fd < 0 {
         return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
@@ -123,6 +137,16 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Wakes the loop if it is blocked waiting for I/O.
+    fn wake(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.with(py, |s| {
+            if let Some(d) = &s.driver {
+                // NOTE: a failed wake (no memory for the eventfd write) only delays the callback.
+                let _ = d.waker().wake();
+            }
+        })
+    }
+
     /// A timer in the queue was cancelled: counts towards compaction.
     pub fn timer_cancelled(&self, py: Python<'_>) -> PyResult<()> {
         self.state.with(py, |s| s.timers.note_cancelled())
@@ -139,7 +163,11 @@ impl LoopCore {
             Some(c) if !c.is_none() => c.clone().unbind(),
             _ => copy_context(py)?,
         };
-        let cb = Callback { callback: callback.clone().unbind(), args: args.clone().unbind(), context };
+        let cb = Callback {
+            func: callback.clone().unbind(),
+            args: args.clone().unbind(),
+            context,
+        };
         Handle::new(py, cb, slf.clone().unbind(), slf.get().debug())
     }
 
@@ -166,7 +194,10 @@ impl LoopCore {
             Self::debug_checks(slf, callback, "call_at", true)?;
         }
         let handle = Self::new_handle(slf, callback, args, context)?;
-        let timer = Py::new(py, PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when)))?;
+        let timer = Py::new(
+            py,
+            PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when)),
+        )?;
         let queued = timer.clone_ref(py);
         this.state.with(py, |s| s.timers.push(secs_to_ns(when), queued))?;
         Ok(timer)
@@ -181,41 +212,44 @@ impl LoopCore {
         write: bool,
         handle: Option<Py<Handle>>,
     ) -> PyResult<Option<Py<Handle>>> {
-        self.state.with(py, |s| {
-            let Some(driver) = s.driver.clone() else { return Err((closed_error(), None)) };
-            let token = match s.sources.token_of(fd) {
-                Some(t) => t,
-                None if handle.is_none() => return Ok(None),
-                None => s.sources.insert(fd, IoEntry::default()),
-            };
-            let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
-            let slot = if write { &mut entry.writer } else { &mut entry.reader };
-            let old = std::mem::replace(slot, handle);
-            let interest = entry.interest();
-            match s.sources.set_interest(&driver, token, interest) {
-                Ok(()) => {
-                    if interest.is_none() {
-                        s.sources.remove(&driver, token);
+        self.state
+            .with(py, |s| {
+                let Some(driver) = s.driver.clone() else {
+                    return Err((closed_error(), None));
+                };
+                let token = match s.sources.token_of(fd) {
+                    Some(t) => t,
+                    None if handle.is_none() => return Ok(None),
+                    None => s.sources.insert(fd, IoEntry::default()),
+                };
+                let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
+                let slot = if write { &mut entry.writer } else { &mut entry.reader };
+                let old = std::mem::replace(slot, handle);
+                let interest = entry.interest();
+                match s.sources.set_interest(&driver, token, interest) {
+                    Ok(()) => {
+                        if interest.is_none() {
+                            s.sources.remove(&driver, token);
+                        }
+                        Ok(old)
                     }
-                    Ok(old)
-                }
-                Err(e) => {
-                    // Leave things as they were; forget an fd that never got registered.
-                    let entry = &mut s.sources.get_mut(token).expect("still there").data;
-                    let slot = if write { &mut entry.writer } else { &mut entry.reader };
-                    let new = std::mem::replace(slot, old);
-                    if s.sources.get(token).is_some_and(|src| src.interest().is_none()) {
-                        s.sources.remove(&driver, token);
+                    Err(e) => {
+                        // Leave things as they were; forget an fd that never got registered.
+                        let entry = &mut s.sources.get_mut(token).expect("still there").data;
+                        let slot = if write { &mut entry.writer } else { &mut entry.reader };
+                        let new = std::mem::replace(slot, old);
+                        if s.sources.get(token).is_some_and(|src| src.interest().is_none()) {
+                            s.sources.remove(&driver, token);
+                        }
+                        // Returned, not dropped here: the caller drops it after the borrow.
+                        Err((os_error(&e), new))
                     }
-                    // Returned, not dropped here: the caller drops it after the borrow.
-                    Err((os_error(&e), new))
                 }
-            }
-        })?
-        .map_err(|(err, new)| {
-            drop(new);
-            err
-        })
+            })?
+            .map_err(|(err, new)| {
+                drop(new);
+                err
+            })
     }
 
     fn add_io(
@@ -255,12 +289,17 @@ impl LoopCore {
     /// One loop iteration. Errors are what must stop `run_forever`: `SystemExit`,
     /// `KeyboardInterrupt`, an exception from a signal handler, or a failing wait.
     fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
+        let events = slf.get().wait_for_io(slf.py())?;
+        slf.get().queue_ready(slf.py(), events)?;
+        Self::run_ready(slf)
+    }
 
-        // Drop cancelled timers, decide how long to wait.
-        let stopping = this.stopping.load(Ordering::Relaxed);
-        let (driver, timeout, mut events, purged) = this.state.with(py, |s| {
+    /// Drops cancelled timers, then waits for I/O: not at all if callbacks are ready or the loop
+    /// is stopping, else until the first timer is due. Returns the events (the state's reusable
+    /// buffer, to be given back by `queue_ready`).
+    fn wait_for_io(&self, py: Python<'_>) -> PyResult<Vec<Event>> {
+        let stopping = self.stopping.load(Ordering::Relaxed);
+        let (driver, timeout, mut events, purged) = self.state.with(py, |s| {
             let purged = s.timers.purge_cancelled(|t| t.bind(py).as_super().get().is_cancelled());
             for t in &purged {
                 t.get().unschedule();
@@ -268,41 +307,43 @@ impl LoopCore {
             let timeout = if !s.ready.is_empty() || stopping {
                 Some(Duration::ZERO)
             } else {
-                s.timers.next_deadline().map(|d| Duration::from_nanos(d.saturating_sub(monotonic_ns())).min(MAX_WAIT))
+                s.timers
+                    .next_deadline()
+                    .map(|d| Duration::from_nanos(d.saturating_sub(monotonic_ns())).min(MAX_WAIT))
             };
             (s.driver.clone(), timeout, std::mem::take(&mut s.events), purged)
         })?;
         drop(purged);
         let driver = driver.ok_or_else(closed_error)?;
-
         let waited = if timeout == Some(Duration::ZERO) {
             driver.wait(&mut events, timeout)
         } else {
             py.detach(|| driver.wait(&mut events, timeout))
         };
-        if let Err(e) = waited {
-            return Err(os_error(&e));
-        }
         // Python-level signal handlers (KeyboardInterrupt on SIGINT) run here, as they would when
         // asyncio's select() returns EINTR.
-        if let Err(e) = py.check_signals() {
+        if let Err(e) = waited.map_err(|e| os_error(&e)).and_then(|()| py.check_signals()) {
             events.clear();
-            this.state.with(py, |s| s.events = events)?;
+            self.state.with(py, |s| s.events = events)?;
             return Err(e);
         }
+        Ok(events)
+    }
 
-        // Queue the callbacks of ready fds, then the due timers.
+    /// Queues the callbacks of ready fds, then the due timers.
+    fn queue_ready(&self, py: Python<'_>, mut events: Vec<Event>) -> PyResult<()> {
         let now = monotonic_ns();
-        let stale = this.state.with(py, |s| {
+        let stale = self.state.with(py, |s| {
             let mut stale: Vec<Py<Handle>> = Vec::new();
             for ev in events.drain(..) {
-                let Some(src) = s.sources.get_mut(ev.token) else { continue };
+                let Some(src) = s.sources.get_mut(ev.token) else {
+                    continue;
+                };
                 let mut changed = false;
                 for (ready, slot) in [(ev.readable, &mut src.data.reader), (ev.writable, &mut src.data.writer)] {
-                    if !ready {
+                    let Some(h) = slot.as_ref().filter(|_| ready) else {
                         continue;
-                    }
-                    let Some(h) = slot.as_ref() else { continue };
+                    };
                     if h.get().is_cancelled() {
                         // asyncio's _process_events: a cancelled reader or writer is removed.
                         stale.extend(slot.take());
@@ -331,12 +372,19 @@ impl LoopCore {
             stale
         })?;
         drop(stale);
+        Ok(())
+    }
 
-        // Run what is ready now; what these callbacks schedule runs next iteration.
+    /// Runs what is ready now; what these callbacks schedule runs in the next iteration.
+    fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
         let ntodo = this.state.with(py, |s| s.ready.begin_pass())?;
         let debug = this.debug();
         for _ in 0..ntodo {
-            let Some(item) = this.state.with(py, |s| s.ready.pop())? else { break };
+            let Some(item) = this.state.with(py, |s| s.ready.pop())? else {
+                break;
+            };
             match item {
                 Ready::Native(h) => {
                     let h = h.bind(py);
@@ -400,6 +448,7 @@ impl LoopCore {
         self.state.with(py, |s| s.driver.as_ref().map(|d| d.backend().name()))
     }
 
+    #[allow(clippy::unused_self)] // an instance method in asyncio's API
     fn time(&self) -> f64 {
         ns_to_secs(monotonic_ns())
     }
@@ -502,16 +551,12 @@ impl LoopCore {
 
     fn _add_callback_signalsafe(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         Self::_add_callback(slf, handle)?;
-        slf.get()._write_to_self(slf.py())
+        slf.get().wake(slf.py())
     }
 
-    /// Wakes the loop if it is blocked waiting for I/O.
+    /// Wakes the loop if it is blocked waiting for I/O (asyncio writes to its self-pipe here).
     fn _write_to_self(&self, py: Python<'_>) -> PyResult<()> {
-        self.state.with(py, |s| {
-            if let Some(d) = &s.driver {
-                let _ = d.waker().wake();
-            }
-        })
+        self.wake(py)
     }
 
     fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -550,18 +595,23 @@ impl LoopCore {
     }
 
     /// What is registered for `fd`: `(events, reader, writer)` with selectors' event bits, or None.
-    fn _io_key(&self, py: Python<'_>, fd: RawFd) -> PyResult<Option<(u8, Option<Py<Handle>>, Option<Py<Handle>>)>> {
+    fn _io_key(&self, py: Python<'_>, fd: RawFd) -> PyResult<Option<IoKey>> {
         self.state.with(py, |s| {
             let src = s.sources.get(s.sources.token_of(fd)?)?;
             let d = &src.data;
             let mask = u8::from(d.reader.is_some()) | (u8::from(d.writer.is_some()) << 1);
-            Some((mask, d.reader.as_ref().map(|h| h.clone_ref(py)), d.writer.as_ref().map(|h| h.clone_ref(py))))
+            Some((
+                mask,
+                d.reader.as_ref().map(|h| h.clone_ref(py)),
+                d.writer.as_ref().map(|h| h.clone_ref(py)),
+            ))
         })
     }
 
     /// Every fd with a reader or writer.
     fn _io_fds(&self, py: Python<'_>) -> PyResult<Vec<RawFd>> {
-        self.state.with(py, |s| s.sources.iter().map(|(_, src)| src.fd).collect())
+        self.state
+            .with(py, |s| s.sources.iter().map(|(_, src)| src.fd).collect())
     }
 
     /// Runs iterations until `stop()`; `run_forever` in Python sets up around it.
@@ -625,7 +675,8 @@ impl LoopCore {
 
     /// Counts for tests and introspection: `(ready, timers, fds)`.
     fn _core_counts(&self, py: Python<'_>) -> PyResult<(usize, usize, usize)> {
-        self.state.with(py, |s| (s.ready.len(), s.timers.len(), s.sources.len()))
+        self.state
+            .with(py, |s| (s.ready.len(), s.timers.len(), s.sources.len()))
     }
 
     /// Drops every queued callback, timer and fd registration and closes the driver's fds.
@@ -646,7 +697,9 @@ impl LoopCore {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(s) = self.state.for_traverse() else { return Ok(()) };
+        let Some(s) = self.state.for_traverse() else {
+            return Ok(());
+        };
         for item in s.ready.iter() {
             match item {
                 Ready::Native(h) => visit.call(h)?,

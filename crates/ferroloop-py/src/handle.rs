@@ -20,7 +20,7 @@ use crate::glue;
 
 /// What a handle calls: cleared when the handle is cancelled.
 pub struct Callback {
-    pub callback: Py<PyAny>,
+    pub func: Py<PyAny>,
     pub args: Py<PyTuple>,
     pub context: Py<PyAny>,
 }
@@ -39,7 +39,11 @@ pub struct Handle {
 
 impl Handle {
     pub fn new(py: Python<'_>, cb: Callback, loop_: Py<LoopCore>, debug: bool) -> PyResult<Handle> {
-        let source_traceback = if debug { Some(glue::helper(py, "extract_stack")?.call0()?.unbind()) } else { None };
+        let source_traceback = if debug {
+            Some(glue::helper(py, "extract_stack")?.call0()?.unbind())
+        } else {
+            None
+        };
         Ok(Handle {
             callback: AttachedCell::new(Some(cb)),
             cancelled: AtomicBool::new(false),
@@ -61,7 +65,8 @@ impl Handle {
         let py = slf.py();
         let this = slf.get();
         let target = this.callback.with(py, |c| {
-            c.as_ref().map(|c| (c.callback.clone_ref(py), c.args.clone_ref(py), c.context.clone_ref(py)))
+            c.as_ref()
+                .map(|c| (c.func.clone_ref(py), c.args.clone_ref(py), c.context.clone_ref(py)))
         })?;
         let Some((callback, args, context)) = target else {
             return Ok(());
@@ -130,7 +135,7 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.callback.with(py, |c| c.as_ref().map(|c| c.callback.clone_ref(py)))
+        self.callback.with(py, |c| c.as_ref().map(|c| c.func.clone_ref(py)))
     }
 
     #[getter]
@@ -172,7 +177,7 @@ impl Handle {
         visit.call(&self.source_traceback)?;
         if let Some(cb) = self.callback.for_traverse() {
             if let Some(cb) = cb.as_ref() {
-                visit.call(&cb.callback)?;
+                visit.call(&cb.func)?;
                 visit.call(&cb.args)?;
                 visit.call(&cb.context)?;
             }
@@ -192,7 +197,10 @@ pub struct TimerHandle {
 
 impl TimerHandle {
     pub fn new(when: f64) -> TimerHandle {
-        TimerHandle { when, scheduled: AtomicBool::new(true) }
+        TimerHandle {
+            when,
+            scheduled: AtomicBool::new(true),
+        }
     }
 
     pub fn unschedule(&self) {
@@ -262,6 +270,7 @@ impl TimerHandle {
 
 impl TimerHandle {
     /// asyncio's `TimerHandle.__eq__`: same time, callback, arguments and cancelled state.
+    #[allow(clippy::float_cmp)] // asyncio compares the times exactly, and so must we
     fn same(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResult<bool> {
         if a.is(b) {
             return Ok(true);

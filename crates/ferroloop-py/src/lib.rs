@@ -19,6 +19,9 @@ mod _ferroloop {
     /// The names of the I/O backends this machine offers, the default first.
     #[pyfunction]
     fn backends() -> Vec<&'static str> {
-        ferroloop_core::driver::Backend::available().into_iter().map(|b| b.name()).collect()
+        ferroloop_core::driver::Backend::available()
+            .into_iter()
+            .map(ferroloop_core::driver::Backend::name)
+            .collect()
     }
 }

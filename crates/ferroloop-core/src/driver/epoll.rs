@@ -54,7 +54,12 @@ impl Epoll {
     }
 
     pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        epoll::add(&self.epfd, borrow(fd)?, EventData::new_u64(token as u64), flags(interest))?;
+        epoll::add(
+            &self.epfd,
+            borrow(fd)?,
+            EventData::new_u64(token as u64),
+            flags(interest),
+        )?;
         Ok(())
     }
 
@@ -77,7 +82,10 @@ impl Epoll {
     }
 
     pub fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
-        let ts = timeout.map(|d| Timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos().into() });
+        let ts = timeout.map(|d| Timespec {
+            tv_sec: d.as_secs() as _,
+            tv_nsec: d.subsec_nanos().into(),
+        });
         // NOTE: a stack buffer, so that a loop iteration allocates nothing here.
         let mut buf = [MaybeUninit::<epoll::Event>::uninit(); MAX_EVENTS];
         let (ready, _) = match epoll::wait(&self.epfd, &mut buf[..], ts.as_ref()) {

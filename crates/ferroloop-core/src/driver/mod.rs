@@ -53,7 +53,10 @@ impl FromStr for Backend {
             "epoll" => Ok(Backend::Epoll),
             other => {
                 let known: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
-                Err(format!("unknown backend {other:?}; known backends: {}", known.join(", ")))
+                Err(format!(
+                    "unknown backend {other:?}; known backends: {}",
+                    known.join(", ")
+                ))
             }
         }
     }
@@ -67,10 +70,22 @@ pub struct Interest {
 }
 
 impl Interest {
-    pub const NONE: Interest = Interest { readable: false, writable: false };
-    pub const READABLE: Interest = Interest { readable: true, writable: false };
-    pub const WRITABLE: Interest = Interest { readable: false, writable: true };
-    pub const BOTH: Interest = Interest { readable: true, writable: true };
+    pub const NONE: Interest = Interest {
+        readable: false,
+        writable: false,
+    };
+    pub const READABLE: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
+    pub const WRITABLE: Interest = Interest {
+        readable: false,
+        writable: true,
+    };
+    pub const BOTH: Interest = Interest {
+        readable: true,
+        writable: true,
+    };
 
     #[must_use]
     pub fn is_none(self) -> bool {

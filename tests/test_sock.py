@@ -1,0 +1,176 @@
+"""Low-level socket coroutines: sock_recv*, sock_sendall, sock_sendto, sock_connect and
+sock_accept on non-blocking sockets."""
+
+import asyncio
+import hashlib
+import socket
+
+import pytest
+
+
+@pytest.fixture
+def sockpair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def udp_pair():
+    socks = []
+    for _ in range(2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    yield socks
+    for s in socks:
+        s.close()
+
+
+@pytest.fixture
+def listener():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setblocking(False)
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s
+    s.close()
+
+
+def test_sock_recv_waits_for_data(run, loop, sockpair):
+    a, b = sockpair
+    loop.call_later(0.01, b.send, b"late data")
+    assert run(loop.sock_recv(a, 100)) == b"late data"
+    b.close()
+    assert run(loop.sock_recv(a, 100)) == b""  # EOF
+
+
+def test_sock_recv_into(run, loop, sockpair):
+    a, b = sockpair
+    buf = bytearray(10)
+    loop.call_later(0.01, b.send, b"abc")
+    assert run(loop.sock_recv_into(a, buf)) == 3
+    assert buf[:3] == b"abc"
+
+
+def test_sock_sendall_large_payload(run, loop, sockpair):
+    a, b = sockpair
+    payload = bytes(range(256)) * (4 * 1024 * 1024 // 256)  # 4 MiB, more than the buffers
+
+    async def receive(n):
+        digest, total = hashlib.sha256(), 0
+        while total < n:
+            chunk = await loop.sock_recv(b, 65536)
+            assert chunk, "unexpected EOF"
+            digest.update(chunk)
+            total += len(chunk)
+        return digest.hexdigest()
+
+    async def main():
+        receiver = asyncio.ensure_future(receive(len(payload)))
+        assert await loop.sock_sendall(a, payload) is None
+        return await receiver
+
+    assert run(main(), timeout=60) == hashlib.sha256(payload).hexdigest()
+
+
+def test_udp_sock_sendto_and_sock_recvfrom(run, loop, udp_pair):
+    sender, receiver = udp_pair
+
+    async def main():
+        n = await loop.sock_sendto(sender, b"datagram", receiver.getsockname())
+        data, addr = await loop.sock_recvfrom(receiver, 100)
+        return n, data, addr
+
+    assert run(main()) == (8, b"datagram", sender.getsockname())
+
+
+def test_udp_sock_recvfrom_into(run, loop, udp_pair):
+    sender, receiver = udp_pair
+    buf = bytearray(100)
+    loop.call_later(0.01, sender.sendto, b"into", receiver.getsockname())
+    assert run(loop.sock_recvfrom_into(receiver, buf)) == (4, sender.getsockname())
+    assert buf[:4] == b"into"
+    loop.call_later(0.01, sender.sendto, b"truncated", receiver.getsockname())
+    nbytes, _ = run(loop.sock_recvfrom_into(receiver, buf, 3))
+    assert nbytes == 3
+    assert buf[:3] == b"tru"
+
+
+def test_sock_connect_and_sock_accept(run, loop, listener):
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setblocking(False)
+
+    async def main():
+        accepted, connected = await asyncio.gather(
+            loop.sock_accept(listener), loop.sock_connect(client, listener.getsockname())
+        )
+        assert connected is None
+        return accepted
+
+    conn, address = run(main())
+    try:
+        assert isinstance(conn, socket.socket)
+        assert address == client.getsockname()
+        assert conn.getblocking() is False  # accepted sockets come back non-blocking
+        run(loop.sock_sendall(client, b"over tcp"))
+        assert run(loop.sock_recv(conn, 100)) == b"over tcp"
+    finally:
+        conn.close()
+        client.close()
+
+
+def test_sock_connect_to_a_closed_port_is_refused(run, loop):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    address = probe.getsockname()
+    probe.close()  # nothing listens there any more
+    client = socket.socket()
+    client.setblocking(False)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            run(loop.sock_connect(client, address))
+    finally:
+        client.close()
+
+
+def test_blocking_sockets_are_rejected_in_debug_mode(run, loop, sockpair, udp_pair):
+    # asyncio only checks this in debug mode.
+    loop.set_debug(True)
+    a, _ = sockpair
+    udp = udp_pair[0]
+    a.setblocking(True)
+    udp.setblocking(True)
+    calls = [
+        lambda: loop.sock_recv(a, 1),
+        lambda: loop.sock_recv_into(a, bytearray(1)),
+        lambda: loop.sock_sendall(a, b"x"),
+        lambda: loop.sock_connect(a, "unused"),
+        lambda: loop.sock_accept(a),
+        lambda: loop.sock_recvfrom(udp, 1),
+        lambda: loop.sock_recvfrom_into(udp, bytearray(1)),
+        lambda: loop.sock_sendto(udp, b"x", udp.getsockname()),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"^the socket must be non-blocking$"):
+            run(call())
+
+
+def test_cancelled_sock_recv_leaves_the_loop_usable(run, loop, sockpair):
+    a, b = sockpair
+
+    async def main():
+        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        b.send(b"after cancel")
+        return await loop.sock_recv(a, 100)
+
+    assert run(main()) == b"after cancel"
+    assert loop.remove_reader(a) is False  # the cancelled wait unregistered its reader
