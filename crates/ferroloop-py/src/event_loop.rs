@@ -30,6 +30,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::cell::AttachedCell;
 use crate::glue::{self, os_error};
 use crate::handle::{Callback, Handle, TimerHandle};
+use crate::tasks;
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, 24 hours.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -70,6 +71,8 @@ struct State {
     sources: Sources<IoEntry>,
     /// Reused across iterations so that a wait allocates nothing.
     events: Vec<Event>,
+    /// `set_task_factory`'s factory (asyncio's `_task_factory`).
+    task_factory: Option<Py<PyAny>>,
 }
 
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
@@ -426,6 +429,7 @@ impl LoopCore {
                 timers: TimerQueue::new(),
                 sources: Sources::new(),
                 events: Vec::with_capacity(64),
+                task_factory: None,
             }),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -530,6 +534,52 @@ impl LoopCore {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         Self::schedule_at(slf, when.extract::<f64>()?, callback, args, context)
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug()
+    }
+
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        tasks::new_future(slf.as_any())
+    }
+
+    /// `asyncio.Task(coro, loop=self, ...)`; with a task factory set, asyncio's own
+    /// `create_task` runs instead, since what it passes to factories differs between versions.
+    #[pyo3(signature = (coro, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.state.with(py, |s| s.task_factory.is_some())? {
+            let base = py
+                .import("asyncio.base_events")?
+                .getattr("BaseEventLoop")?
+                .getattr("create_task")?;
+            let args = PyTuple::new(py, [slf.as_any(), coro])?;
+            return base.call(args, kwargs);
+        }
+        tasks::new_task(slf.as_any(), coro, kwargs)
+    }
+
+    #[getter(_task_factory)]
+    fn task_factory_attr(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.state
+            .with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)))
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, py: Python<'_>, factory: Option<Py<PyAny>>) -> PyResult<()> {
+        let factory = factory.filter(|f| !f.is_none(py));
+        let old = self
+            .state
+            .with(py, |s| std::mem::replace(&mut s.task_factory, factory))?;
+        drop(old);
+        Ok(())
     }
 
     /// asyncio's hook for handles made elsewhere (signal handlers): queue unless cancelled.
@@ -713,6 +763,7 @@ impl LoopCore {
             visit.call(&src.data.reader)?;
             visit.call(&src.data.writer)?;
         }
+        visit.call(&s.task_factory)?;
         Ok(())
     }
 }

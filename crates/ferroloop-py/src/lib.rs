@@ -4,6 +4,7 @@ mod cell;
 mod event_loop;
 mod glue;
 mod handle;
+mod tasks;
 
 use pyo3::prelude::*;
 
