@@ -7,14 +7,31 @@
 //! The error and hang-up conditions are reported the way Python's `selectors` module reports them:
 //! anything but "writable" counts as readable and anything but "readable" counts as writable, so a
 //! reader sees EOF and a writer sees the error on its next syscall.
+//!
+//! # Backends
+//!
+//! | backend | cost of a wait | regular files | fd closed while registered |
+//! |---|---|---|---|
+//! | [`Backend::Epoll`] (default) | O(ready fds) | refused (`EPERM`) | the kernel drops the registration |
+//! | [`Backend::Poll`] | O(registered fds) | accepted, always ready | `POLLNVAL`: reported readable and writable |
+//! | [`Backend::Select`] | O(highest fd) | accepted, always ready | `EBADF`: reported readable and writable |
+//!
+//! `poll` and `select` keep their registrations in user space, behind a mutex that a blocked wait
+//! does not hold; see their module docs for what a registration changed during a wait does. The
+//! `select` driver has no `FD_SETSIZE` (1024) limit: it sizes its fd sets to the highest fd.
 
 mod epoll;
+mod poll;
+mod select;
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use rustix::event::Timespec;
+use rustix::io::Errno;
 
 use crate::waker::Waker;
 
@@ -24,17 +41,23 @@ pub enum Backend {
     /// Linux `epoll`, level-triggered.
     #[default]
     Epoll,
+    /// POSIX `poll`: a `pollfd` array rebuilt from the registrations on each wait.
+    Poll,
+    /// POSIX `select`, with fd sets sized to the highest fd rather than `FD_SETSIZE`.
+    Select,
 }
 
 impl Backend {
     /// Every backend this build knows, whether or not this machine offers it.
-    pub const ALL: &'static [Backend] = &[Backend::Epoll];
+    pub const ALL: &'static [Backend] = &[Backend::Epoll, Backend::Poll, Backend::Select];
 
     /// The name users pass to choose it (`FERROLOOP_BACKEND`, `new_event_loop(backend=...)`).
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             Backend::Epoll => "epoll",
+            Backend::Poll => "poll",
+            Backend::Select => "select",
         }
     }
 
@@ -51,6 +74,8 @@ impl FromStr for Backend {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "epoll" => Ok(Backend::Epoll),
+            "poll" => Ok(Backend::Poll),
+            "select" => Ok(Backend::Select),
             other => {
                 let known: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
                 Err(format!(
@@ -106,6 +131,8 @@ pub struct Event {
 #[derive(Debug)]
 pub enum Driver {
     Epoll(epoll::Epoll),
+    Poll(poll::Poll),
+    Select(select::Select),
 }
 
 impl Driver {
@@ -113,6 +140,8 @@ impl Driver {
     pub fn new(backend: Backend) -> io::Result<Driver> {
         match backend {
             Backend::Epoll => Ok(Driver::Epoll(epoll::Epoll::new()?)),
+            Backend::Poll => Ok(Driver::Poll(poll::Poll::new()?)),
+            Backend::Select => Ok(Driver::Select(select::Select::new()?)),
         }
     }
 
@@ -120,6 +149,8 @@ impl Driver {
     pub fn backend(&self) -> Backend {
         match self {
             Driver::Epoll(_) => Backend::Epoll,
+            Driver::Poll(_) => Backend::Poll,
+            Driver::Select(_) => Backend::Select,
         }
     }
 
@@ -127,6 +158,8 @@ impl Driver {
     pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.add(fd, token, interest),
+            Driver::Poll(d) => d.add(fd, token, interest),
+            Driver::Select(d) => d.add(fd, token, interest),
         }
     }
 
@@ -134,6 +167,8 @@ impl Driver {
     pub fn modify(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.modify(fd, token, interest),
+            Driver::Poll(d) => d.modify(fd, token, interest),
+            Driver::Select(d) => d.modify(fd, token, interest),
         }
     }
 
@@ -142,6 +177,8 @@ impl Driver {
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.delete(fd),
+            Driver::Poll(d) => d.delete(fd),
+            Driver::Select(d) => d.delete(fd),
         }
     }
 
@@ -152,6 +189,8 @@ impl Driver {
         events.clear();
         match self {
             Driver::Epoll(d) => d.wait(events, timeout),
+            Driver::Poll(d) => d.wait(events, timeout),
+            Driver::Select(d) => d.wait(events, timeout),
         }
     }
 
@@ -160,6 +199,36 @@ impl Driver {
     pub fn waker(&self) -> &Arc<Waker> {
         match self {
             Driver::Epoll(d) => d.waker(),
+            Driver::Poll(d) => d.waker(),
+            Driver::Select(d) => d.waker(),
         }
     }
+}
+
+/// Borrows a caller's raw fd for the `poll` and `select` drivers, which keep it until `delete`.
+fn borrow(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
+    if fd < 0 {
+        return Err(Errno::BADF.into());
+    }
+    // SAFETY: asyncio's contract (and `Driver::add`'s) is that a registered fd stays open until it
+    // is deleted. A caller that breaks it gets no memory unsafety: the kernel answers POLLNVAL or
+    // EBADF for a closed fd, which the drivers report, or watches whatever file reused the number.
+    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Fails with `EBADF` unless `fd` is open: `epoll_ctl` checks that at `add`, `poll` and `select`
+/// would only notice at the next wait.
+fn check_open(fd: RawFd) -> io::Result<()> {
+    rustix::io::fcntl_getfd(borrow(fd)?)?;
+    Ok(())
+}
+
+/// A wait's timeout as rustix takes it. On Linux rustix calls `ppoll` and `pselect6`, which take
+/// nanoseconds as they are; where it falls back to `poll` (ms) or `select` (a `timeval`, µs) it
+/// rounds up, so a wait never returns before its timeout. Saturates instead of wrapping negative.
+fn timespec(timeout: Option<Duration>) -> Option<Timespec> {
+    timeout.map(|d| Timespec {
+        tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: d.subsec_nanos().into(),
+    })
 }
