@@ -2,21 +2,22 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
-use rustix::event::Timespec;
 use rustix::io::Errno;
 
-use super::{Event, Interest};
+use super::{borrow, Event, Interest};
 use crate::waker::Waker;
 
 /// The token the waker's eventfd is registered under; never handed out by a slab.
 const WAKER_TOKEN: u64 = u64::MAX;
 /// How many events one `epoll_wait` may return; more stay pending for the next wait.
 const MAX_EVENTS: usize = 256;
+/// The longest wait `epoll_wait` takes (`i32::MAX` milliseconds); longer waits are cut to it.
+const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 #[derive(Debug)]
 pub struct Epoll {
@@ -33,16 +34,6 @@ fn flags(interest: Interest) -> EventFlags {
         f |= EventFlags::OUT;
     }
     f
-}
-
-/// Borrows a caller's raw fd for one syscall.
-fn borrow(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
-    if fd < 0 {
-        return Err(Errno::BADF.into());
-    }
-    // SAFETY: the fd is only used for the duration of one epoll_ctl call; if the caller closed it,
-    // the kernel answers EBADF, which is the error the caller should see.
-    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 impl Epoll {
@@ -82,10 +73,8 @@ impl Epoll {
     }
 
     pub fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
-        let ts = timeout.map(|d| Timespec {
-            tv_sec: d.as_secs() as _,
-            tv_nsec: d.subsec_nanos().into(),
-        });
+        // NOTE: without epoll_pwait2, rustix passes milliseconds as a C int: cap the wait there.
+        let ts = super::timespec(timeout.map(|d| d.min(MAX_TIMEOUT)));
         // NOTE: a stack buffer, so that a loop iteration allocates nothing here.
         let mut buf = [MaybeUninit::<epoll::Event>::uninit(); MAX_EVENTS];
         let (ready, _) = match epoll::wait(&self.epfd, &mut buf[..], ts.as_ref()) {
