@@ -9,6 +9,7 @@ import error) while the asyncio ones still run.
 import asyncio
 import faulthandler
 import os
+import selectors
 import subprocess
 import sys
 
@@ -33,13 +34,27 @@ def _hang_watchdog():
     faulthandler.cancel_dump_traceback_later()
 
 
+# FERROLOOP_BACKEND picks ferroloop's I/O backend for the whole run; the asyncio oracle then
+# uses the matching selector, so that both loops watch fds through the same OS API.
+BACKEND = os.environ.get("FERROLOOP_BACKEND") or "epoll"
+_ORACLE_SELECTORS = {
+    "epoll": selectors.EpollSelector,
+    "poll": selectors.PollSelector,
+    "select": selectors.SelectSelector,
+}
+
+
+def _asyncio_loop():
+    return asyncio.SelectorEventLoop(_ORACLE_SELECTORS[BACKEND]())
+
+
 @pytest.fixture(params=["asyncio", "ferroloop"])
 def loop_factory(request):
     """A zero-argument callable returning a new, not yet running event loop."""
     if request.param == "asyncio":
-        # What asyncio.new_event_loop() returns on Linux, without going through the
-        # (possibly replaced) event loop policy.
-        return asyncio.SelectorEventLoop
+        # What asyncio.new_event_loop() returns on Linux (for the default epoll backend),
+        # without going through the (possibly replaced) event loop policy.
+        return _asyncio_loop
     import ferroloop  # a failed import must fail the ferroloop tests, never skip them
 
     return ferroloop.new_event_loop
