@@ -1,8 +1,8 @@
 """ferroloop: a drop-in replacement for asyncio's event loop, written in Rust.
 
-    import ferroloop
-    ferroloop.run(main())                                     # like asyncio.run
-    asyncio.Runner(loop_factory=ferroloop.new_event_loop)     # or with a Runner
+import ferroloop
+ferroloop.run(main())                                     # like asyncio.run
+asyncio.Runner(loop_factory=ferroloop.new_event_loop)     # or with a Runner
 """
 
 import asyncio as _asyncio

@@ -5,7 +5,7 @@ warnings) is formatted by asyncio's own helpers, word for word.
 """
 
 import sys
-from asyncio import base_events, format_helpers
+from asyncio import base_events, format_helpers, trsock
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -57,8 +57,84 @@ def run_handle_debug(loop, handle):
         handle._run()
         dt = loop.time() - t0
         if dt >= loop.slow_callback_duration:
-            logger.warning(
-                "Executing %s took %.3f seconds", base_events._format_handle(handle), dt
-            )
+            logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), dt)
     finally:
         loop._current_handle = None
+
+
+def report_call_error(loop, callback, args, exc):
+    """Reports an exception from a callback the loop ran without a handle."""
+    cb = format_helpers._format_callback_source(callback, args)
+    loop.call_exception_handler({"message": f"Exception in callback {cb}", "exception": exc})
+
+
+# --- transports -----------------------------------------------------------------------------
+
+
+def socket_extra(sock, extra):
+    """A socket transport's ``get_extra_info`` dict, as asyncio's ``_SelectorTransport`` fills it."""
+    extra = {} if extra is None else extra
+    extra["socket"] = trsock.TransportSocket(sock)
+    try:
+        extra["sockname"] = sock.getsockname()
+    except OSError:
+        extra["sockname"] = None
+    if "peername" not in extra:
+        try:
+            extra["peername"] = sock.getpeername()
+        except OSError:
+            extra["peername"] = None
+    return extra
+
+
+def transport_fatal_error(transport, exc, message):
+    """The report half of asyncio's ``_fatal_error``; the transport then closes itself."""
+    if isinstance(exc, OSError):
+        if transport._loop.get_debug():
+            logger.debug("%r: %s", transport, message, exc_info=True)
+    else:
+        transport._loop.call_exception_handler(
+            {
+                "message": message,
+                "exception": exc,
+                "transport": transport,
+                "protocol": transport._protocol,
+            }
+        )
+
+
+def protocol_callback_failed(transport, message, exc):
+    transport._loop.call_exception_handler(
+        {
+            "message": message,
+            "exception": exc,
+            "transport": transport,
+            "protocol": transport._protocol,
+        }
+    )
+
+
+def log_debug(fmt, obj):
+    logger.debug(fmt, obj)
+
+
+def log_warning(message):
+    logger.warning(message)
+
+
+# asyncio.Server counts its connections; from 3.12 on it also keeps the transports.
+_SERVER_TAKES_TRANSPORT = sys.version_info >= (3, 12)
+
+
+def server_attach(server, transport):
+    if _SERVER_TAKES_TRANSPORT:
+        server._attach(transport)
+    else:
+        server._attach()
+
+
+def server_detach(server, transport):
+    if _SERVER_TAKES_TRANSPORT:
+        server._detach(transport)
+    else:
+        server._detach()

@@ -19,7 +19,7 @@ import sys
 import threading
 from asyncio import events, unix_events
 
-from . import _ferroloop
+from . import _ferroloop, _transports
 
 __all__ = ("Loop", "backends")
 
@@ -79,6 +79,11 @@ class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
             backend = os.environ.get(BACKEND_ENV) or backends()[0]
         self._core_init(backend)
         super().__init__(selector=_SelectorView(self))
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return _transports.make_socket_transport(
+            self, sock, protocol, waiter, extra=extra, server=server
+        )
 
     def run_forever(self):
         """Run until stop() is called."""

@@ -12,6 +12,7 @@
 //!   it started).
 //! - [`sources`]: registered file descriptors, indexed by slab token, with the interest cache that
 //!   skips `epoll_ctl` calls when nothing changed.
+//! - [`writeq`]: a stream transport's write queue: chunks kept as given, flushed with `writev`.
 //! - [`clock`]: the monotonic clock in integer nanoseconds.
 //!
 //! # Implementation
@@ -39,3 +40,4 @@ pub mod ready;
 pub mod sources;
 pub mod timer;
 pub mod waker;
+pub mod writeq;

@@ -30,36 +30,47 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::cell::AttachedCell;
 use crate::glue::{self, os_error};
 use crate::handle::{Callback, Handle, TimerHandle};
+use crate::stream::{StreamOp, StreamTransport, MAX_READ};
 use crate::tasks;
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, 24 hours.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// A callback waiting in the ready queue.
-enum Ready {
+pub enum Ready {
     /// One of ours: run without any Python-level dispatch.
     Native(Py<Handle>),
     /// Any object with `_run()` and `_cancelled`, e.g. the `asyncio.Handle` that asyncio's signal
     /// code passes to `_add_callback`.
     Foreign(Py<PyAny>),
+    /// Work for a stream transport: readiness, its start, its connection loss.
+    Stream(Py<StreamTransport>, StreamOp),
 }
 
 /// What `_io_key` reports for an fd: `(selectors event mask, reader, writer)`.
 type IoKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
 
-/// The callbacks registered for one fd.
+/// What is registered for one fd: `add_reader`/`add_writer` callbacks, a transport, or both
+/// (asyncio's sendfile adds a writer to a transport's fd while the transport is paused).
 #[derive(Default)]
 struct IoEntry {
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
+    stream: Option<Py<StreamTransport>>,
+    /// What the transport asked to be told about.
+    stream_interest: Interest,
 }
 
 impl IoEntry {
     fn interest(&self) -> Interest {
         Interest {
-            readable: self.reader.is_some(),
-            writable: self.writer.is_some(),
+            readable: self.reader.is_some() || self.stream_interest.readable,
+            writable: self.writer.is_some() || self.stream_interest.writable,
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.reader.is_none() && self.writer.is_none() && self.stream.is_none()
     }
 }
 
@@ -78,6 +89,8 @@ struct State {
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct LoopCore {
     state: AttachedCell<State>,
+    /// The one buffer every stream read of this loop goes through (allocated on first use).
+    read_buf: AttachedCell<Vec<u8>>,
     closed: AtomicBool,
     stopping: AtomicBool,
     debug: AtomicBool,
@@ -88,7 +101,7 @@ fn closed_error() -> PyErr {
 }
 
 /// `contextvars.copy_context()`.
-fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: PyContext_CopyCurrent returns a new reference or null with an exception set.
     unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()) }
 }
@@ -148,6 +161,70 @@ impl LoopCore {
                 let _ = d.waker().wake();
             }
         })
+    }
+
+    /// Runs `f` on the loop's read buffer (`MAX_READ` bytes).
+    pub fn with_read_buf<R>(&self, py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
+        self.read_buf.with(py, |buf| {
+            if buf.len() < MAX_READ {
+                buf.resize(MAX_READ, 0);
+            }
+            f(&mut buf[..MAX_READ])
+        })
+    }
+
+    /// Makes `transport` the owner of `fd`'s readiness (with no interest yet).
+    pub fn attach_stream(&self, py: Python<'_>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
+        self.check_closed()?;
+        let old = self.state.with(py, |s| {
+            let token = s.sources.insert(fd, IoEntry::default());
+            let entry = &mut s.sources.get_mut(token).expect("just inserted").data;
+            entry.stream_interest = Interest::NONE;
+            entry.stream.replace(transport)
+        })?;
+        drop(old);
+        Ok(())
+    }
+
+    /// Changes what the loop watches `fd` for on its transport's behalf.
+    pub fn set_stream_interest(&self, py: Python<'_>, fd: RawFd, interest: Interest) -> PyResult<()> {
+        self.state
+            .with(py, |s| {
+                let (Some(driver), Some(token)) = (s.driver.clone(), s.sources.token_of(fd)) else {
+                    return Ok(());
+                };
+                let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
+                entry.stream_interest = interest;
+                let want = entry.interest();
+                s.sources.set_interest(&driver, token, want)
+            })?
+            .map_err(|e| os_error(&e))
+    }
+
+    /// Forgets `fd`'s transport (before its socket is closed).
+    pub fn detach_stream(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+        let old = self.state.with(py, |s| {
+            let (Some(driver), Some(token)) = (s.driver.clone(), s.sources.token_of(fd)) else {
+                return None;
+            };
+            let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
+            let old = entry.stream.take();
+            entry.stream_interest = Interest::NONE;
+            if entry.is_empty() {
+                s.sources.remove(&driver, token);
+            } else {
+                let want = entry.interest();
+                let _ = s.sources.set_interest(&driver, token, want);
+            }
+            old
+        })?;
+        drop(old);
+        Ok(())
+    }
+
+    /// Queues `op` for `transport` at the end of the ready queue, as `call_soon` would.
+    pub fn schedule_stream(&self, py: Python<'_>, transport: Py<StreamTransport>, op: StreamOp) -> PyResult<()> {
+        self.state.with(py, |s| s.ready.push(Ready::Stream(transport, op)))
     }
 
     /// A timer in the queue was cancelled: counts towards compaction.
@@ -343,7 +420,8 @@ impl LoopCore {
                     continue;
                 };
                 let mut changed = false;
-                for (ready, slot) in [(ev.readable, &mut src.data.reader), (ev.writable, &mut src.data.writer)] {
+                let entry = &mut src.data;
+                for (ready, slot) in [(ev.readable, &mut entry.reader), (ev.writable, &mut entry.writer)] {
                     let Some(h) = slot.as_ref().filter(|_| ready) else {
                         continue;
                     };
@@ -355,10 +433,19 @@ impl LoopCore {
                         s.ready.push(Ready::Native(h.clone_ref(py)));
                     }
                 }
+                if let Some(t) = &entry.stream {
+                    if ev.readable && entry.stream_interest.readable {
+                        s.ready.push(Ready::Stream(t.clone_ref(py), StreamOp::Read));
+                    }
+                    if ev.writable && entry.stream_interest.writable {
+                        s.ready.push(Ready::Stream(t.clone_ref(py), StreamOp::Write));
+                    }
+                }
                 if changed {
-                    let interest = src.data.interest();
+                    let interest = entry.interest();
+                    let empty = entry.is_empty();
                     if let Some(d) = s.driver.as_deref() {
-                        if interest.is_none() {
+                        if empty {
                             s.sources.remove(d, ev.token);
                         } else {
                             // NOTE: a failure means the fd is gone; the next add reports it.
@@ -400,6 +487,20 @@ impl LoopCore {
                         Handle::run(h)?;
                     }
                 }
+                Ready::Stream(t, op) => {
+                    let t = t.bind(py);
+                    let wants = t.get().wants(py);
+                    // Readiness queued before the transport paused or closed in this pass is dropped,
+                    // as asyncio drops the handle of a removed reader.
+                    let stale = match op {
+                        StreamOp::Read => !wants.readable,
+                        StreamOp::Write => !wants.writable,
+                        _ => false,
+                    };
+                    if !stale {
+                        StreamTransport::run_op(t, op)?;
+                    }
+                }
                 Ready::Foreign(obj) => {
                     let obj = obj.bind(py);
                     if obj.getattr("_cancelled")?.is_truthy()? {
@@ -431,6 +532,7 @@ impl LoopCore {
                 events: Vec::with_capacity(64),
                 task_factory: None,
             }),
+            read_buf: AttachedCell::new(Vec::new()),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),
@@ -754,6 +856,7 @@ impl LoopCore {
             match item {
                 Ready::Native(h) => visit.call(h)?,
                 Ready::Foreign(o) => visit.call(o)?,
+                Ready::Stream(t, _) => visit.call(t)?,
             }
         }
         for t in s.timers.iter() {
@@ -762,6 +865,7 @@ impl LoopCore {
         for (_, src) in s.sources.iter() {
             visit.call(&src.data.reader)?;
             visit.call(&src.data.writer)?;
+            visit.call(&src.data.stream)?;
         }
         visit.call(&s.task_factory)?;
         Ok(())

@@ -4,6 +4,7 @@ mod cell;
 mod event_loop;
 mod glue;
 mod handle;
+mod stream;
 mod tasks;
 
 use pyo3::prelude::*;
@@ -14,6 +15,8 @@ mod _ferroloop {
     use crate::event_loop::LoopCore;
     #[pymodule_export]
     use crate::handle::{Handle, TimerHandle};
+    #[pymodule_export]
+    use crate::stream::StreamTransport;
 
     use pyo3::prelude::*;
 

@@ -1,0 +1,256 @@
+"""Tables, the Markdown report and the chart of the ratios, from ``stats.summarize`` rows."""
+
+import json
+
+HOW_TO_READ = """\
+* The baseline column is asyncio's absolute figure: the median over repetitions, then ±(max-min)/median.
+* The other columns are **paired ratios to asyncio**: in each repetition the loop's figure is divided
+  by asyncio's from the same repetition; the table shows the median of those ratios, with their
+  range in parentheses when there were several repetitions. **Above 1 is better** everywhere:
+  throughput is loop/asyncio, CPU per request is asyncio/loop.
+* `ferroloop/uvloop` is the same paired ratio between ferroloop and uvloop.
+* *CPU µs/req* is the echo server's CPU time (user + system, all threads) per request, from the
+  kernel's accounting of the server process over the measured run. At small messages one server
+  core plus one client core saturate loopback, so this is the fairer figure there.
+* *p50/p99 µs* is the latency the load generator saw, from a message's first byte written to its
+  echo's last byte read (median over repetitions). *server busy* is the server's CPU seconds per
+  second: well below 100% means the server was not the bottleneck and the throughput ratio
+  understates the difference.
+"""
+
+
+def si(x):
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= limit:
+            return f"{x / limit:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def _ratio(r, reps):
+    if r is None:
+        return "-"
+    text = f"{r['median']:.2f}x"
+    if reps > 1 and r["max"] - r["min"] >= 0.005:
+        text += f" ({r['min']:.2f}-{r['max']:.2f})"
+    return text
+
+
+def _fail(cell):
+    return "FAIL: " + cell["error"][:60].replace("|", "/")
+
+
+def family_table(rows, loops, baseline, head_to_head, reps):
+    """(header, lines) of one family's table; every cell a short string."""
+    has_cpu = any("cpu_us" in c for row in rows for c in row["cells"].values())
+    has_latency = any("p50_us" in c for row in rows for c in row["cells"].values())
+    units = {row["unit"] for row in rows}
+    versus = head_to_head and any("versus" in row for row in rows)
+    vs_name = f"{head_to_head[0]}/{head_to_head[1]}" if versus else None
+    others = [loop for loop in loops if loop != baseline]
+
+    unit_column = len(units) > 1
+    base_head = baseline if unit_column else f"{baseline} {next(iter(units))}"
+    header = ["case", *(["unit"] if unit_column else []), base_head, *others]
+    if versus:
+        header.append(vs_name)
+    if has_cpu:
+        header += [f"{baseline} CPU µs/req", *(f"{loop} CPU" for loop in others)]
+        if versus:
+            header.append(f"{vs_name} CPU")
+    if has_latency:
+        header += [f"p50/p99 µs {loop}" for loop in loops]
+        header.append("server busy " + "/".join(loops))
+
+    lines = []
+    for row in rows:
+        cells = row["cells"]
+        base = cells.get(baseline, {})
+        line = [row["case"], *([row["unit"]] if unit_column else [])]
+        if "value" in base:
+            spread = f" ±{base['value_spread']:.0%}" if reps > 1 else ""
+            line.append(si(base["value"]) + spread)
+        else:
+            line.append(_fail(base) if "error" in base else "-")
+        for loop in others:
+            cell = cells.get(loop, {})
+            line.append(_fail(cell) if "error" in cell else _ratio(cell.get("ratio"), reps))
+        if versus:
+            line.append(_ratio(row.get("versus", {}).get("value"), reps))
+        if has_cpu:
+            line.append(f"{base['cpu_us']:.3g}" if "cpu_us" in base else "-")
+            for loop in others:
+                line.append(_ratio(cells.get(loop, {}).get("cpu_ratio"), reps))
+            if versus:
+                line.append(_ratio(row.get("versus", {}).get("cpu_us"), reps))
+        if has_latency:
+            for loop in loops:
+                cell = cells.get(loop, {})
+                ok = "p50_us" in cell
+                line.append(f"{cell['p50_us']:.0f}/{cell['p99_us']:.0f}" if ok else "-")
+            busy = [cells.get(loop, {}).get("server_busy") for loop in loops]
+            line.append("/".join("-" if b is None else f"{b:.0%}" for b in busy))
+        lines.append(line)
+    return header, lines
+
+
+def markdown_table(header, lines):
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
+
+    def fmt(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(header), rule, *(fmt(line) for line in lines)])
+
+
+def behind(rows, head_to_head, reps):
+    """Lines naming the rows where the first loop of ``head_to_head`` is behind the second."""
+    a, b = head_to_head
+    found = []
+    for row in rows:
+        versus = row.get("versus") or {}
+        worse = []
+        for metric, label in (("value", "throughput"), ("cpu_us", "CPU per request")):
+            r = versus.get(metric)
+            if r and r["median"] < 1:
+                worse.append(f"{label} {_ratio(r, reps)} of {b}'s")
+        if worse:
+            found.append(f"- {row['family']} / {row['case']}: {a} {', '.join(worse)}")
+    return found
+
+
+def failures(rows):
+    return [
+        f"- {row['family']} / {row['case']} on {loop}: {cell['error']}"
+        for row in rows
+        for loop, cell in row["cells"].items()
+        if "error" in cell
+    ]
+
+
+def disturbed(records, max_other):
+    return [
+        f"- {r['family']} / {r['case']} on {r['loop']}, repetition {r['rep'] + 1}: "
+        f"{r['other_cpu']:.2f} cores"
+        for r in records
+        if r.get("other_cpu", 0) > max_other
+    ]
+
+
+def chart(rows, loops, baseline, path):
+    """Write a PNG of every row's ratios to the baseline; returns None, or why there is none."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no chart: matplotlib is not importable (pip install matplotlib to get ratios.png)"
+    others = [loop for loop in loops if loop != baseline]
+    if not others or not rows:
+        return "no chart: there is no loop to compare with the baseline"
+    labels = [f"{row['family']}: {row['case']}" for row in rows][::-1]
+    panels = [("ratio", "throughput vs asyncio")]
+    if any(c.get("cpu_ratio") for row in rows for c in row["cells"].values()):
+        panels.append(("cpu_ratio", "server CPU per request vs asyncio (asyncio/loop)"))
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        sharey=True,
+        squeeze=False,
+        figsize=(6 * len(panels) + 2.5, 0.26 * len(rows) + 1.6),
+    )
+    height = 0.8 / len(others)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        low, high = 0.8, 1.25
+        for i, loop in enumerate(others):
+            ratios = [(row["cells"].get(loop, {}).get(key) or {}).get("median", 1) for row in rows]
+            low, high = min(low, *ratios), max(high, *ratios)
+            ys = [y + (i - (len(others) - 1) / 2) * height for y in range(len(rows))]
+            # Bars grow from 1 on a log scale: 2x better and 2x worse are equally long.
+            ax.barh(ys, [r - 1 for r in ratios[::-1]], left=1, height=height, label=loop)
+        ax.set_xscale("log")
+        ax.set_xlim(low / 1.1, high * 1.1)
+        steps = (0.25, 0.5, 1, 2, 4, 8) if high / low > 4 else (0.5, 0.67, 0.8, 1, 1.25, 1.5, 2)
+        ticks = [t for t in steps if low / 1.1 <= t <= high * 1.1]
+        ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+        ax.minorticks_off()
+        ax.axvline(1, color="black", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("ratio to asyncio, log scale (right of 1x is better)")
+    axes[0][0].set_yticks(range(len(rows)), labels, fontsize=8)
+    axes[0][0].set_ylim(-0.6, len(rows) - 0.4)
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def write(out_dir, meta, records, rows, families, loops, baseline, head_to_head, max_other):
+    """Write results.json, report.md and ratios.png into ``out_dir``; returns the Markdown."""
+    reps = meta["options"]["reps"]
+    (out_dir / "results.json").write_text(
+        json.dumps({"meta": meta, "records": records, "table": rows}, indent=1) + "\n"
+    )
+    chart_note = chart(rows, loops, baseline, out_dir / "ratios.png")
+
+    m = meta["machine"]
+    md = ["# ferroloop benchmarks", ""]
+    md.append(f"`{meta['command']}`: {meta['mode']} run, {reps} repetition(s), {m['date']}.")
+    if meta.get("interrupted"):
+        md.append("\n**Interrupted**: the tables hold what was measured before the interruption.")
+    md += ["", "## Machine and versions", "", "| | |", "|---|---|"]
+    md.append(f"| CPU | {m['cpu']}, {m['cores']} cores ({m['usable_cpus']} usable) |")
+    md.append(f"| memory | {m['memory']} |")
+    md.append(f"| kernel | {m['kernel']} |")
+    md.append(f"| Python | {m['python']} |")
+    for loop, version in meta["loops"].items():
+        extra = (
+            f" (commit {m['ferroloop_commit']})"
+            if loop == "ferroloop" and m["ferroloop_commit"]
+            else ""
+        )
+        md.append(f"| {loop} | {version}{extra} |")
+    for note in meta["notes"]:
+        md.append(f"| note | {note} |")
+    md.append(f"| pinning | {m['pinning']} |")
+    md.append(f"| load average at start | {m['load_average']} |")
+    opts = meta["options"]
+    md.append(
+        f"| options | echo: {opts['conns']} connections, {opts['warmup']} s warm-up + "
+        f"{opts['duration']} s per run; micro: {opts['micro_time']} s per run; up to "
+        f"{opts['quiet_wait']} s wait for other processes to go idle before each run |"
+    )
+    md += ["", "## How to read", "", HOW_TO_READ]
+
+    for name, title in families:
+        family_rows = [row for row in rows if row["family"] == name]
+        if family_rows:
+            header, lines = family_table(family_rows, loops, baseline, head_to_head, reps)
+            md += [f"## {title}", "", markdown_table(header, lines), ""]
+
+    if head_to_head and all(loop in loops for loop in head_to_head):
+        a, b = head_to_head
+        md += [f"## Rows where {a} is behind {b}", ""]
+        md += behind(rows, head_to_head, reps) or ["None."]
+        md.append("")
+    failed = failures(rows)
+    if failed:
+        md += ["## Failures", "", *failed, ""]
+    noisy = disturbed(records, max_other)
+    if noisy:
+        md += ["## Runs disturbed by other processes", ""]
+        md.append(
+            f"Processes outside the benchmark used more than {max_other} cores during these runs, "
+            "even after one retry (the less disturbed attempt is kept); their figures are less "
+            "reliable:"
+        )
+        md += ["", *noisy, ""]
+    md += ["## Chart", ""]
+    md.append(chart_note or "![ratios to asyncio](ratios.png)")
+    md += ["", "Method and workloads: bench/README.md in the ferroloop repository.", ""]
+    text = "\n".join(md)
+    (out_dir / "report.md").write_text(text)
+    return text

@@ -1,0 +1,71 @@
+"""From raw records to table rows: medians over repetitions and paired ratios.
+
+A record is one measurement: ``family``, ``case``, ``loop``, ``rep`` and either ``error`` or
+``value`` (throughput, higher is better) with, for network cases, ``cpu_us`` (server CPU time per
+request, lower is better), ``p50_us``, ``p99_us`` and ``server_busy`` (server CPU seconds per
+second).
+
+A ratio compares two loops **within one repetition** (every repetition runs every loop on every
+case, one right after the other), and a row shows the median of those per-repetition ratios
+with their range. A drift of the machine between repetitions thus cancels out of the ratios,
+while it stays in the absolute figures.
+"""
+
+import statistics
+
+#: metric -> True when a higher figure is better. Ratios are oriented so that above 1 is better.
+METRICS = {"value": True, "cpu_us": False, "p50_us": False, "p99_us": False, "server_busy": True}
+
+
+def _paired(mine, theirs, metric):
+    """Median, min and max over repetitions of mine/theirs (theirs/mine for lower-is-better)."""
+    ratios = []
+    for rep, record in mine.items():
+        other = theirs.get(rep)
+        a, b = record.get(metric), other and other.get(metric)
+        if a and b:
+            ratios.append(a / b if METRICS[metric] else b / a)
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def summarize(records, loops, baseline, head_to_head=None):
+    """Table rows, in the order cases were first measured. Each row has ``family``, ``case``,
+    ``unit`` and ``cells``: loop -> {metric: median, metric_spread: (max-min)/median,
+    ``ratio``/``cpu_ratio``: paired ratio to the baseline, ``error`` when no repetition
+    succeeded}. With ``head_to_head=(a, b)`` a row also has ``versus``: metric -> paired a/b."""
+    grouped = {}
+    for record in records:
+        key = (record["family"], record["case"])
+        grouped.setdefault(key, {}).setdefault(record["loop"], {})[record["rep"]] = record
+    rows = []
+    for (family, case), by_loop in grouped.items():
+        ok = {
+            loop: {rep: rec for rep, rec in reps.items() if "error" not in rec}
+            for loop, reps in by_loop.items()
+        }
+        unit = next(rec["unit"] for reps in by_loop.values() for rec in reps.values())
+        cells = {}
+        for loop in loops:
+            if loop not in by_loop:
+                continue
+            cell = {"reps": len(ok[loop])}
+            if not ok[loop]:
+                cell["error"] = next(iter(by_loop[loop].values()))["error"]
+            for metric in METRICS:
+                values = [rec[metric] for rec in ok[loop].values() if rec.get(metric) is not None]
+                if values:
+                    middle = statistics.median(values)
+                    cell[metric] = middle
+                    cell[metric + "_spread"] = (max(values) - min(values)) / middle if middle else 0
+            if loop != baseline and baseline in ok:
+                cell["ratio"] = _paired(ok[loop], ok[baseline], "value")
+                cell["cpu_ratio"] = _paired(ok[loop], ok[baseline], "cpu_us")
+            cells[loop] = cell
+        row = {"family": family, "case": case, "unit": unit, "cells": cells}
+        if head_to_head and all(loop in ok for loop in head_to_head):
+            mine, theirs = (ok[loop] for loop in head_to_head)
+            row["versus"] = {m: _paired(mine, theirs, m) for m in ("value", "cpu_us")}
+        rows.append(row)
+    return rows
