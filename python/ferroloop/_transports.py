@@ -4,7 +4,6 @@ the class attributes asyncio looks for. Everything per read and per write is in 
 
 import socket
 import warnings
-
 from asyncio import base_events, constants
 
 from . import _ferroloop
