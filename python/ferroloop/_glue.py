@@ -5,7 +5,7 @@ warnings) is formatted by asyncio's own helpers, word for word.
 """
 
 import sys
-from asyncio import base_events, format_helpers, trsock
+from asyncio import base_events, constants, format_helpers, trsock
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -138,3 +138,26 @@ def server_detach(server, transport):
         server._detach(transport)
     else:
         server._detach()
+
+
+# --- servers --------------------------------------------------------------------------------
+
+
+def accept_out_of_resources(loop, listener, sock, exc):
+    """As asyncio's ``_accept_connection``: report, stop accepting, retry after a delay."""
+    loop.call_exception_handler(
+        {
+            "message": "socket.accept() out of system resource",
+            "exception": exc,
+            "socket": trsock.TransportSocket(sock),
+        }
+    )
+    loop.call_later(constants.ACCEPT_RETRY_DELAY, listener._start)
+
+
+def transport_creation_failed(loop, exc):
+    """As asyncio's ``_accept_connection2``: reported in debug mode only."""
+    if loop.get_debug():
+        loop.call_exception_handler(
+            {"message": "Error on transport creation for incoming connection", "exception": exc}
+        )

@@ -78,12 +78,32 @@ class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
         if backend is None:
             backend = os.environ.get(BACKEND_ENV) or backends()[0]
         self._core_init(backend)
+        #: fd -> the Rust Listener accepting on it, for _stop_serving.
+        self._listeners = {}
         super().__init__(selector=_SelectorView(self))
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return _transports.make_socket_transport(
             self, sock, protocol, waiter, extra=extra, server=server
         )
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        return _transports.DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, *args, **kwargs):
+        if sslcontext is not None:
+            # TLS servers accept through asyncio's own path until TLS moves to Rust.
+            return super()._start_serving(protocol_factory, sock, sslcontext, server, *args, **kwargs)
+        backlog = args[0] if args else kwargs.get("backlog", 100)
+        listener = _ferroloop.Listener(self, sock, protocol_factory, server, backlog)
+        self._listeners[sock.fileno()] = listener
+        listener._start()
+
+    def _stop_serving(self, sock):
+        listener = self._listeners.pop(sock.fileno(), None)
+        if listener is not None:
+            listener._stop()
+        super()._stop_serving(sock)
 
     def run_forever(self):
         """Run until stop() is called."""

@@ -8,17 +8,13 @@ from asyncio import base_events, constants
 
 from . import _ferroloop
 
-__all__ = ("TCPTransport", "UnixTransport", "make_socket_transport")
+__all__ = ("DatagramTransport", "TCPTransport", "UnixTransport", "make_socket_transport")
 
 
-class _SocketTransport(_ferroloop.StreamTransport):
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+class _TransportFace:
+    """``__repr__`` and ``__del__`` as asyncio's selector transports have them."""
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
-        self._start(waiter)
+    __slots__ = ()
 
     def __repr__(self):
         info = [type(self).__name__]
@@ -42,6 +38,16 @@ class _SocketTransport(_ferroloop.StreamTransport):
             sock.close()
 
 
+class _SocketTransport(_TransportFace, _ferroloop.StreamTransport):
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        self._start(waiter)
+
+
 class TCPTransport(_SocketTransport):
     """A TCP connection's transport."""
 
@@ -53,3 +59,11 @@ class UnixTransport(_SocketTransport):
 def make_socket_transport(loop, sock, protocol, waiter=None, *, extra=None, server=None):
     cls = UnixTransport if sock.family == socket.AF_UNIX else TCPTransport
     return cls(loop, sock, protocol, waiter, extra, server)
+
+
+class DatagramTransport(_TransportFace, _ferroloop.DatagramTransport):
+    """A UDP or UNIX datagram socket's transport."""
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        loop._transports[self._sock_fd] = self
+        self._start(waiter)

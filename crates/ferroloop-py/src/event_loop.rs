@@ -30,7 +30,8 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::cell::AttachedCell;
 use crate::glue::{self, os_error};
 use crate::handle::{Callback, Handle, TimerHandle};
-use crate::stream::{StreamOp, StreamTransport, MAX_READ};
+use crate::owner::{IoOp, Owner};
+use crate::stream::MAX_READ;
 use crate::tasks;
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, 24 hours.
@@ -43,8 +44,8 @@ pub enum Ready {
     /// Any object with `_run()` and `_cancelled`, e.g. the `asyncio.Handle` that asyncio's signal
     /// code passes to `_add_callback`.
     Foreign(Py<PyAny>),
-    /// Work for a stream transport: readiness, its start, its connection loss.
-    Stream(Py<StreamTransport>, StreamOp),
+    /// Work for a transport or listener: readiness, its start, its connection loss.
+    Io(Owner, IoOp),
 }
 
 /// What `_io_key` reports for an fd: `(selectors event mask, reader, writer)`.
@@ -56,21 +57,21 @@ type IoKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
 struct IoEntry {
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
-    stream: Option<Py<StreamTransport>>,
-    /// What the transport asked to be told about.
-    stream_interest: Interest,
+    owner: Option<Owner>,
+    /// What the owner asked to be told about.
+    owner_interest: Interest,
 }
 
 impl IoEntry {
     fn interest(&self) -> Interest {
         Interest {
-            readable: self.reader.is_some() || self.stream_interest.readable,
-            writable: self.writer.is_some() || self.stream_interest.writable,
+            readable: self.reader.is_some() || self.owner_interest.readable,
+            writable: self.writer.is_some() || self.owner_interest.writable,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.reader.is_none() && self.writer.is_none() && self.stream.is_none()
+        self.reader.is_none() && self.writer.is_none() && self.owner.is_none()
     }
 }
 
@@ -173,43 +174,43 @@ impl LoopCore {
         })
     }
 
-    /// Makes `transport` the owner of `fd`'s readiness (with no interest yet).
-    pub fn attach_stream(&self, py: Python<'_>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
+    /// Makes `owner` the owner of `fd`'s readiness (with no interest yet).
+    pub fn attach_owner(&self, py: Python<'_>, fd: RawFd, owner: Owner) -> PyResult<()> {
         self.check_closed()?;
         let old = self.state.with(py, |s| {
             let token = s.sources.insert(fd, IoEntry::default());
             let entry = &mut s.sources.get_mut(token).expect("just inserted").data;
-            entry.stream_interest = Interest::NONE;
-            entry.stream.replace(transport)
+            entry.owner_interest = Interest::NONE;
+            entry.owner.replace(owner)
         })?;
         drop(old);
         Ok(())
     }
 
-    /// Changes what the loop watches `fd` for on its transport's behalf.
-    pub fn set_stream_interest(&self, py: Python<'_>, fd: RawFd, interest: Interest) -> PyResult<()> {
+    /// Changes what the loop watches `fd` for on its owner's behalf.
+    pub fn set_owner_interest(&self, py: Python<'_>, fd: RawFd, interest: Interest) -> PyResult<()> {
         self.state
             .with(py, |s| {
                 let (Some(driver), Some(token)) = (s.driver.clone(), s.sources.token_of(fd)) else {
                     return Ok(());
                 };
                 let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
-                entry.stream_interest = interest;
+                entry.owner_interest = interest;
                 let want = entry.interest();
                 s.sources.set_interest(&driver, token, want)
             })?
             .map_err(|e| os_error(&e))
     }
 
-    /// Forgets `fd`'s transport (before its socket is closed).
-    pub fn detach_stream(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+    /// Forgets `fd`'s owner (before its socket is closed).
+    pub fn detach_owner(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
         let old = self.state.with(py, |s| {
             let (Some(driver), Some(token)) = (s.driver.clone(), s.sources.token_of(fd)) else {
                 return None;
             };
             let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
-            let old = entry.stream.take();
-            entry.stream_interest = Interest::NONE;
+            let old = entry.owner.take();
+            entry.owner_interest = Interest::NONE;
             if entry.is_empty() {
                 s.sources.remove(&driver, token);
             } else {
@@ -222,9 +223,9 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Queues `op` for `transport` at the end of the ready queue, as `call_soon` would.
-    pub fn schedule_stream(&self, py: Python<'_>, transport: Py<StreamTransport>, op: StreamOp) -> PyResult<()> {
-        self.state.with(py, |s| s.ready.push(Ready::Stream(transport, op)))
+    /// Queues `op` for `owner` at the end of the ready queue, as `call_soon` would.
+    pub fn schedule(&self, py: Python<'_>, owner: Owner, op: IoOp) -> PyResult<()> {
+        self.state.with(py, |s| s.ready.push(Ready::Io(owner, op)))
     }
 
     /// A timer in the queue was cancelled: counts towards compaction.
@@ -433,12 +434,12 @@ impl LoopCore {
                         s.ready.push(Ready::Native(h.clone_ref(py)));
                     }
                 }
-                if let Some(t) = &entry.stream {
-                    if ev.readable && entry.stream_interest.readable {
-                        s.ready.push(Ready::Stream(t.clone_ref(py), StreamOp::Read));
+                if let Some(owner) = &entry.owner {
+                    if ev.readable && entry.owner_interest.readable {
+                        s.ready.push(Ready::Io(owner.clone_ref(py), IoOp::Read));
                     }
-                    if ev.writable && entry.stream_interest.writable {
-                        s.ready.push(Ready::Stream(t.clone_ref(py), StreamOp::Write));
+                    if ev.writable && entry.owner_interest.writable {
+                        s.ready.push(Ready::Io(owner.clone_ref(py), IoOp::Write));
                     }
                 }
                 if changed {
@@ -487,20 +488,7 @@ impl LoopCore {
                         Handle::run(h)?;
                     }
                 }
-                Ready::Stream(t, op) => {
-                    let t = t.bind(py);
-                    let wants = t.get().wants(py);
-                    // Readiness queued before the transport paused or closed in this pass is dropped,
-                    // as asyncio drops the handle of a removed reader.
-                    let stale = match op {
-                        StreamOp::Read => !wants.readable,
-                        StreamOp::Write => !wants.writable,
-                        _ => false,
-                    };
-                    if !stale {
-                        StreamTransport::run_op(t, op)?;
-                    }
-                }
+                Ready::Io(owner, op) => owner.run(py, op)?,
                 Ready::Foreign(obj) => {
                     let obj = obj.bind(py);
                     if obj.getattr("_cancelled")?.is_truthy()? {
@@ -790,7 +778,7 @@ impl LoopCore {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 
@@ -856,7 +844,7 @@ impl LoopCore {
             match item {
                 Ready::Native(h) => visit.call(h)?,
                 Ready::Foreign(o) => visit.call(o)?,
-                Ready::Stream(t, _) => visit.call(t)?,
+                Ready::Io(owner, _) => owner.traverse(&visit)?,
             }
         }
         for t in s.timers.iter() {
@@ -865,7 +853,9 @@ impl LoopCore {
         for (_, src) in s.sources.iter() {
             visit.call(&src.data.reader)?;
             visit.call(&src.data.writer)?;
-            visit.call(&src.data.stream)?;
+            if let Some(owner) = &src.data.owner {
+                owner.traverse(&visit)?;
+            }
         }
         visit.call(&s.task_factory)?;
         Ok(())

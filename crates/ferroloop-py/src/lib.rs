@@ -1,20 +1,29 @@
 //! `ferroloop._ferroloop`: the extension module behind the `ferroloop` package.
 
 mod cell;
+mod datagram;
 mod event_loop;
 mod glue;
 mod handle;
+mod listener;
+mod owner;
+mod sockaddr;
 mod stream;
 mod tasks;
+mod transport;
 
 use pyo3::prelude::*;
 
 #[pymodule(gil_used = false)]
 mod _ferroloop {
     #[pymodule_export]
+    use crate::datagram::DatagramTransport;
+    #[pymodule_export]
     use crate::event_loop::LoopCore;
     #[pymodule_export]
     use crate::handle::{Handle, TimerHandle};
+    #[pymodule_export]
+    use crate::listener::Listener;
     #[pymodule_export]
     use crate::stream::StreamTransport;
 

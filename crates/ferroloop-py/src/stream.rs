@@ -15,12 +15,12 @@
 //!   writable again.
 
 use std::io::IoSlice;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 
 use ferroloop_core::driver::Interest;
 use ferroloop_core::writeq::WriteQueue;
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
@@ -31,23 +31,14 @@ use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use crate::cell::AttachedCell;
 use crate::event_loop::{copy_context, LoopCore};
 use crate::glue::{self, os_error};
+use crate::owner::{IoOp, Owner};
+use crate::transport::{
+    fd_of, flow_callback, in_context, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
 
 /// asyncio's `max_size`: the most one read takes.
 pub const MAX_READ: usize = 256 * 1024;
-/// asyncio's default high-water mark for the write buffer.
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
-/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-
-/// What the loop asks a stream transport to do, from its ready queue.
-pub enum StreamOp {
-    /// `connection_made`, then start reading, then resolve the creator's waiter.
-    Start(Option<Py<PyAny>>),
-    Read,
-    Write,
-    /// `connection_lost(exc)` and release the socket.
-    ConnectionLost(Option<Py<PyAny>>),
-}
 
 /// A queued write: a `bytes` object, kept as it is (a mutable buffer is copied into one first).
 pub enum Chunk {
@@ -128,32 +119,13 @@ pub struct StreamTransport {
     state: AttachedCell<State>,
 }
 
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
-}
-
-fn fd_of(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: the transport owns the socket object, which keeps the fd open until
-    // `call_connection_lost` closes it, after which no syscall is made on it.
-    unsafe { BorrowedFd::borrow_raw(fd) }
-}
-
 impl StreamTransport {
     fn lp(&self) -> &LoopCore {
         self.loop_.get()
     }
 
-    /// Calls `f` with the transport's context entered, as asyncio runs the reader handle.
     fn in_context<R>(&self, py: Python<'_>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
-        // SAFETY: the context is a live Context object; enter and exit pair up on every path.
-        unsafe {
-            if ffi::PyContext_Enter(self.context.as_ptr()) < 0 {
-                return Err(PyErr::fetch(py));
-            }
-            let r = f();
-            ffi::PyContext_Exit(self.context.as_ptr());
-            r
-        }
+        in_context(py, &self.context, f)
     }
 
     /// Tells the loop what to watch the fd for, if that changed.
@@ -166,7 +138,7 @@ impl StreamTransport {
             })
         })?;
         match change {
-            Some(interest) => self.lp().set_stream_interest(py, self.fd, interest),
+            Some(interest) => self.lp().set_owner_interest(py, self.fd, interest),
             None => Ok(()),
         }
     }
@@ -203,7 +175,7 @@ impl StreamTransport {
         drop(dropped);
         this.sync_interest(py)?;
         this.lp()
-            .schedule_stream(py, slf.clone().unbind(), StreamOp::ConnectionLost(exc))
+            .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::ConnectionLost(exc))
     }
 
     fn run_start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
@@ -449,7 +421,7 @@ impl StreamTransport {
                 s.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
             )
         })?;
-        this.lp().detach_stream(py, this.fd)?;
+        this.lp().detach_owner(py, this.fd)?;
         if let Some(sock) = sock {
             sock.bind(py).call_method0("close")?;
         }
@@ -473,7 +445,7 @@ impl StreamTransport {
             pause
         })?;
         if pause {
-            Self::flow_callback(slf, "pause_writing")?;
+            flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
         }
         Ok(())
     }
@@ -487,36 +459,18 @@ impl StreamTransport {
             resume
         })?;
         if resume {
-            Self::flow_callback(slf, "resume_writing")?;
+            flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
         }
         Ok(())
     }
 
-    /// Calls `pause_writing`/`resume_writing`; a failure goes to the exception handler.
-    fn flow_callback(slf: &Bound<'_, Self>, name: &str) -> PyResult<()> {
-        let py = slf.py();
-        let Some(protocol) = slf.get().protocol(py)? else {
-            return Ok(());
-        };
-        match protocol.bind(py).call_method0(name) {
-            Ok(_) => Ok(()),
-            Err(err) if is_exit(py, &err) => Err(err),
-            Err(err) => {
-                let message = format!("protocol.{name}() failed");
-                glue::helper(py, "protocol_callback_failed")?
-                    .call1((slf, message, err.value(py)))
-                    .map(drop)
-            }
-        }
-    }
-
     /// Runs one op the loop dequeued for this transport.
-    pub fn run_op(slf: &Bound<'_, Self>, op: StreamOp) -> PyResult<()> {
+    pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
         match op {
-            StreamOp::Start(waiter) => Self::run_start(slf, waiter),
-            StreamOp::Read => Self::run_read(slf),
-            StreamOp::Write => Self::run_write(slf),
-            StreamOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::Start(waiter) => Self::run_start(slf, waiter),
+            IoOp::Read => Self::run_read(slf),
+            IoOp::Write => Self::run_write(slf),
+            IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
         }
     }
 
@@ -621,9 +575,10 @@ impl StreamTransport {
         if let Some(server) = server {
             glue::helper(py, "server_attach")?.call1((server, slf))?;
         }
-        this.lp().attach_stream(py, this.fd, slf.clone().unbind())?;
         this.lp()
-            .schedule_stream(py, slf.clone().unbind(), StreamOp::Start(waiter))
+            .attach_owner(py, this.fd, Owner::Stream(slf.clone().unbind()))?;
+        this.lp()
+            .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::Start(waiter))
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -726,7 +681,7 @@ impl StreamTransport {
         this.sync_interest(py)?;
         if lost {
             this.lp()
-                .schedule_stream(py, slf.clone().unbind(), StreamOp::ConnectionLost(None))?;
+                .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::ConnectionLost(None))?;
         }
         Ok(())
     }
@@ -815,16 +770,10 @@ impl StreamTransport {
 
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
-        let low = low.unwrap_or(high / 4);
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
+        let (high, low) = write_buffer_limits(high, low)?;
         slf.get().state.with(slf.py(), |s| {
-            s.high_water = high as usize;
-            s.low_water = low as usize;
+            s.high_water = high;
+            s.low_water = low;
         })?;
         Self::maybe_pause_protocol(slf)
     }

@@ -1,0 +1,602 @@
+//! `DatagramTransport`: asyncio's UDP (and UNIX datagram) transport with its receive and send
+//! paths in Rust.
+//!
+//! It follows asyncio's `_SelectorDatagramTransport`: one datagram per readable event, given to
+//! `datagram_received(data, addr)`; `sendto` tries the syscall at once and queues (a `bytes` copy,
+//! as asyncio does) only when the socket buffer is full; send and receive errors go to
+//! `error_received`. Addresses are converted in Rust when they are numeric (the common case);
+//! anything else goes through Python's `socket.sendto`, which resolves as users expect.
+//!
+//! One difference, kept on purpose: `sendto(data)` with no address on a socket that has no
+//! `peername` (an `AF_UNIX` socketpair) sends with `send()`, as uvloop does, where asyncio fails
+//! with a `TypeError` from `sock.sendto(data, None)`.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use ferroloop_core::driver::Interest;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::{PyTraverseError, PyVisit};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
+
+use crate::cell::AttachedCell;
+use crate::event_loop::{copy_context, LoopCore};
+use crate::glue::{self, os_error};
+use crate::owner::{IoOp, Owner};
+use crate::sockaddr::{self, Dest};
+use crate::transport::{
+    fd_of, flow_callback, in_context, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
+
+#[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, one for one
+struct State {
+    sock: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    protocol_connected: bool,
+    /// Datagrams waiting for the socket to be writable, with their destination.
+    queue: VecDeque<(Py<PyBytes>, Option<Py<PyAny>>)>,
+    buffer_size: usize,
+    started: bool,
+    paused: bool,
+    closing: bool,
+    conn_lost: u32,
+    protocol_paused: bool,
+    high_water: usize,
+    low_water: usize,
+    interest: Interest,
+}
+
+impl State {
+    fn is_reading(&self) -> bool {
+        !self.closing && !self.paused
+    }
+
+    fn wanted_interest(&self) -> Interest {
+        Interest {
+            readable: self.started && self.is_reading() && self.conn_lost == 0,
+            writable: !self.queue.is_empty(),
+        }
+    }
+}
+
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+pub struct DatagramTransport {
+    loop_: Py<LoopCore>,
+    fd: RawFd,
+    extra: Py<PyDict>,
+    context: Py<PyAny>,
+    /// The `remote_addr` the endpoint was created with (asyncio's `_address`).
+    address: Option<Py<PyAny>>,
+    /// The socket has a peer: sends use `send()`.
+    connected: bool,
+    state: AttachedCell<State>,
+}
+
+/// How a send went: done, would block (queue it), or failed with an `OSError` for
+/// `error_received`.
+enum Sent {
+    Done,
+    Blocked,
+    Failed(PyErr),
+}
+
+impl DatagramTransport {
+    fn lp(&self) -> &LoopCore {
+        self.loop_.get()
+    }
+
+    fn protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.state.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    fn sync_interest(&self, py: Python<'_>) -> PyResult<()> {
+        let change = self.state.with(py, |s| {
+            let want = s.wanted_interest();
+            (want != s.interest).then(|| {
+                s.interest = want;
+                want
+            })
+        })?;
+        match change {
+            Some(interest) => self.lp().set_owner_interest(py, self.fd, interest),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends one datagram.
+    fn send_one(&self, py: Python<'_>, data: &[u8], addr: Option<&Bound<'_, PyAny>>) -> Sent {
+        let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+        let fd = fd_of(self.fd);
+        let res = match addr.filter(|_| !self.connected) {
+            None => rustix::net::send(fd, data, flags),
+            Some(addr) => match sockaddr::from_py(addr) {
+                Some(Dest::V4(a)) => rustix::net::sendto(fd, data, flags, &a),
+                Some(Dest::V6(a)) => rustix::net::sendto(fd, data, flags, &a),
+                Some(Dest::Unix(a)) => rustix::net::sendto(fd, data, flags, &a),
+                None => return self.send_with_python(py, data, addr),
+            },
+        };
+        match res {
+            Ok(_) => Sent::Done,
+            Err(Errno::AGAIN | Errno::INTR) => Sent::Blocked,
+            Err(e) => Sent::Failed(os_error(&e.into())),
+        }
+    }
+
+    /// `sock.sendto(data, addr)` for addresses Rust does not parse (host names, odd forms).
+    fn send_with_python(&self, py: Python<'_>, data: &[u8], addr: &Bound<'_, PyAny>) -> Sent {
+        let sock = match self.state.with(py, |s| s.sock.as_ref().map(|s| s.clone_ref(py))) {
+            Ok(Some(sock)) => sock,
+            Ok(None) => return Sent::Done,
+            Err(e) => return Sent::Failed(e),
+        };
+        match sock.bind(py).call_method1("sendto", (PyBytes::new(py, data), addr)) {
+            Ok(_) => Sent::Done,
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) => Sent::Blocked,
+            Err(e) => Sent::Failed(e),
+        }
+    }
+
+    /// Calls `protocol.error_received(exc)`; what it raises goes to the exception handler.
+    fn error_received(slf: &Bound<'_, Self>, err: &PyErr) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.protocol(py)? else {
+            return Ok(());
+        };
+        let method = protocol.bind(py).getattr("error_received")?;
+        Self::report(
+            slf,
+            in_context(py, &this.context, || method.call1((err.value(py),)).map(drop)),
+            &method,
+            err.value(py),
+        )
+    }
+
+    /// Reports an exception from a protocol callback as asyncio's handle would.
+    fn report(
+        slf: &Bound<'_, Self>,
+        result: PyResult<()>,
+        callback: &Bound<'_, PyAny>,
+        arg: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        match result {
+            Ok(()) => Ok(()),
+            Err(err) if is_exit(py, &err) => Err(err),
+            Err(err) => glue::helper(py, "report_call_error")?
+                .call1((slf.get().loop_.bind(py), callback, (arg,), err.value(py)))
+                .map(drop),
+        }
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let dropped = this.state.with(py, |s| {
+            if s.conn_lost > 0 {
+                return None;
+            }
+            s.buffer_size = 0;
+            s.closing = true;
+            s.conn_lost += 1;
+            Some(std::mem::take(&mut s.queue))
+        })?;
+        if dropped.is_none() {
+            return Ok(());
+        }
+        drop(dropped);
+        this.sync_interest(py)?;
+        this.lp()
+            .schedule(py, Owner::Datagram(slf.clone().unbind()), IoOp::ConnectionLost(exc))
+    }
+
+    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, connected) = this.state.with(py, |s| {
+            (s.protocol.as_ref().map(|p| p.clone_ref(py)), s.protocol_connected)
+        })?;
+        let told = match protocol {
+            Some(p) if connected => in_context(py, &this.context, || {
+                p.bind(py).call_method1("connection_lost", (exc,)).map(drop)
+            }),
+            _ => Ok(()),
+        };
+        let (sock, protocol) = this.state.with(py, |s| {
+            s.interest = Interest::NONE;
+            (s.sock.take(), s.protocol.take())
+        })?;
+        this.lp().detach_owner(py, this.fd)?;
+        if let Some(sock) = sock {
+            sock.bind(py).call_method0("close")?;
+        }
+        drop(protocol);
+        told
+    }
+
+    fn run_start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(protocol) = this.protocol(py)? {
+            let method = protocol.bind(py).getattr("connection_made")?;
+            Self::report(
+                slf,
+                in_context(py, &this.context, || method.call1((slf,)).map(drop)),
+                &method,
+                slf.as_any(),
+            )?;
+        }
+        this.state.with(py, |s| s.started = true)?;
+        this.sync_interest(py)?;
+        if let Some(waiter) = waiter {
+            let waiter = waiter.bind(py);
+            if !waiter.call_method0("cancelled")?.is_truthy()? {
+                waiter.call_method1("set_result", (py.None(),))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.protocol(py)? else {
+            return Ok(());
+        };
+        let fd = this.fd;
+        let got = this.lp().with_read_buf(py, |buf| {
+            match rustix::net::recvfrom(fd_of(fd), &mut buf[..], RecvFlags::empty()) {
+                Ok((n, _, addr)) => Ok((PyBytes::new(py, &buf[..n]), addr)),
+                Err(e) => Err(e),
+            }
+        })?;
+        let (data, addr) = match got {
+            Ok(got) => got,
+            Err(Errno::AGAIN | Errno::INTR) => return Ok(()),
+            Err(e) => return Self::error_received(slf, &os_error(&e.into())),
+        };
+        let addr = sockaddr::to_py(py, addr)?;
+        let method = protocol.bind(py).getattr("datagram_received")?;
+        let result = in_context(py, &this.context, || method.call1((&data, &addr)).map(drop));
+        Self::report(slf, result, &method, data.as_any())
+    }
+
+    fn run_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        loop {
+            let Some((data, addr)) = this.state.with(py, |s| {
+                let item = s.queue.pop_front()?;
+                s.buffer_size -= item.0.bind(py).as_bytes().len();
+                Some(item)
+            })?
+            else {
+                break;
+            };
+            match this.send_one(py, data.bind(py).as_bytes(), addr.as_ref().map(|a| a.bind(py))) {
+                Sent::Done => {}
+                Sent::Blocked => {
+                    this.state.with(py, |s| {
+                        s.buffer_size += data.bind(py).as_bytes().len();
+                        s.queue.push_front((data, addr));
+                    })?;
+                    break;
+                }
+                Sent::Failed(err) => return Self::error_received(slf, &err),
+            }
+        }
+        let resume = this.state.with(py, |s| {
+            let resume = s.protocol_paused && s.buffer_size <= s.low_water;
+            s.protocol_paused &= !resume;
+            resume
+        })?;
+        if resume {
+            flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
+        }
+        let (empty, closing) = this.state.with(py, |s| (s.queue.is_empty(), s.closing))?;
+        if empty {
+            this.sync_interest(py)?;
+            if closing {
+                return Self::connection_lost(slf, None);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
+        match op {
+            IoOp::Start(waiter) => Self::run_start(slf, waiter),
+            IoOp::Read => Self::run_read(slf),
+            IoOp::Write => Self::run_write(slf),
+            IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+        }
+    }
+
+    pub fn wants(&self, py: Python<'_>) -> Interest {
+        self.state.with(py, |s| s.wanted_interest()).unwrap_or(Interest::NONE)
+    }
+}
+
+#[pymethods]
+impl DatagramTransport {
+    /// `(loop, sock, protocol, address=None, waiter=None, extra=None)`, as asyncio's
+    /// `_make_datagram_transport` receives them.
+    #[new]
+    #[pyo3(signature = (loop_, sock, protocol, address=None, waiter=None, extra=None))]
+    fn new(
+        loop_: &Bound<'_, LoopCore>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        address: Option<&Bound<'_, PyAny>>,
+        waiter: Option<&Bound<'_, PyAny>>,
+        extra: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let py = loop_.py();
+        let _ = waiter; // resolved by `_start`, once the object exists
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let extra = glue::helper(py, "socket_extra")?
+            .call1((sock, extra))?
+            .cast_into::<PyDict>()?;
+        let connected = match extra.get_item("peername")? {
+            Some(p) => p.is_truthy()?,
+            None => false,
+        };
+        Ok(DatagramTransport {
+            loop_: loop_.clone().unbind(),
+            fd,
+            extra: extra.unbind(),
+            context: copy_context(py)?,
+            address: address.filter(|a| !a.is_none()).map(|a| a.clone().unbind()),
+            connected,
+            state: AttachedCell::new(State {
+                sock: Some(sock.clone().unbind()),
+                protocol: Some(protocol.clone().unbind()),
+                protocol_connected: true,
+                queue: VecDeque::new(),
+                buffer_size: 0,
+                started: false,
+                paused: false,
+                closing: false,
+                conn_lost: 0,
+                protocol_paused: false,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                interest: Interest::NONE,
+            }),
+        })
+    }
+
+    #[pyo3(signature = (waiter=None))]
+    fn _start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.lp()
+            .attach_owner(py, this.fd, Owner::Datagram(slf.clone().unbind()))?;
+        this.lp()
+            .schedule(py, Owner::Datagram(slf.clone().unbind()), IoOp::Start(waiter))
+    }
+
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let bytes = if let Ok(b) = data.cast::<PyBytes>() {
+            b.clone()
+        } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            py.get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?
+        } else {
+            let name = data.get_type().name()?;
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not '{name}'"
+            )));
+        };
+        let size = bytes.as_bytes().len();
+        if size == 0 {
+            return Ok(());
+        }
+        let mut addr = addr.filter(|a| !a.is_none()).cloned();
+        if let Some(own) = &this.address {
+            let own = own.bind(py);
+            if let Some(given) = &addr {
+                if !given.eq(own)? {
+                    return Err(PyValueError::new_err(format!(
+                        "Invalid address: must be None or {}",
+                        own.str()?
+                    )));
+                }
+            }
+            addr = Some(own.clone());
+        }
+        let (conn_lost, queued) = this.state.with(py, |s| (s.conn_lost, !s.queue.is_empty()))?;
+        if conn_lost > 0 && this.address.is_some() {
+            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                glue::helper(py, "log_warning")?.call1(("socket.send() raised exception.",))?;
+            }
+            this.state.with(py, |s| s.conn_lost += 1)?;
+            return Ok(());
+        }
+        if !queued {
+            match this.send_one(py, bytes.as_bytes(), addr.as_ref()) {
+                Sent::Done => return Ok(()),
+                Sent::Blocked => {}
+                Sent::Failed(err) => return Self::error_received(slf, &err),
+            }
+        }
+        let pause = this.state.with(py, |s| {
+            s.queue.push_back((bytes.unbind(), addr.map(Bound::unbind)));
+            s.buffer_size += size;
+            let pause = s.buffer_size > s.high_water && !s.protocol_paused;
+            s.protocol_paused |= pause;
+            pause
+        })?;
+        this.sync_interest(py)?;
+        if pause {
+            flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
+        }
+        Ok(())
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lost = this.state.with(py, |s| {
+            if s.closing {
+                return None;
+            }
+            s.closing = true;
+            let lost = s.queue.is_empty();
+            if lost {
+                s.conn_lost += 1;
+            }
+            Some(lost)
+        })?;
+        let Some(lost) = lost else { return Ok(()) };
+        this.sync_interest(py)?;
+        if lost {
+            this.lp()
+                .schedule(py, Owner::Datagram(slf.clone().unbind()), IoOp::ConnectionLost(None))?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.closing)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.is_reading())
+    }
+
+    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.with(py, |s| s.paused |= s.is_reading())?;
+        self.sync_interest(py)
+    }
+
+    fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.with(py, |s| s.paused &= s.closing)?;
+        self.sync_interest(py)
+    }
+
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = protocol.py();
+        let old = self.state.with(py, |s| {
+            s.protocol_connected = true;
+            s.protocol.replace(protocol.clone().unbind())
+        })?;
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.protocol(py)
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        match self.extra.bind(py).get_item(name)? {
+            Some(v) => Ok(v.unbind()),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        self.state.with(py, |s| s.buffer_size)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        self.state.with(py, |s| (s.low_water, s.high_water))
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (high, low) = write_buffer_limits(high, low)?;
+        let pause = this.state.with(py, |s| {
+            s.high_water = high;
+            s.low_water = low;
+            let pause = s.buffer_size > s.high_water && !s.protocol_paused;
+            s.protocol_paused |= pause;
+            pause
+        })?;
+        if pause {
+            flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.state.with(py, |s| s.sock.as_ref().map(|s| s.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
+        self.loop_.clone_ref(py)
+    }
+
+    #[getter]
+    fn _protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.protocol(py)
+    }
+
+    #[getter]
+    fn _address(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.address.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.closing)
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
+        self.state.with(py, |s| s.conn_lost)
+    }
+
+    #[getter]
+    fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
+        self.extra.clone_ref(py)
+    }
+
+    fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
+        self.state.with(py, |s| (s.interest.readable, s.interest.writable))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_)?;
+        visit.call(&self.extra)?;
+        visit.call(&self.context)?;
+        visit.call(&self.address)?;
+        let Some(s) = self.state.for_traverse() else {
+            return Ok(());
+        };
+        visit.call(&s.sock)?;
+        visit.call(&s.protocol)?;
+        for (data, addr) in &s.queue {
+            visit.call(data)?;
+            visit.call(addr)?;
+        }
+        Ok(())
+    }
+}

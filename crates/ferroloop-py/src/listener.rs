@@ -1,0 +1,202 @@
+//! `Listener`: accepts connections on a listening socket and makes their transports, in Rust.
+//!
+//! It replaces asyncio's `_accept_connection` reader for servers without TLS: up to `backlog`
+//! connections per readable event, each made non-blocking by `accept4` itself, wrapped in a
+//! Python `socket.socket` (what `get_extra_info('socket')` returns), given a protocol from the
+//! server's factory and a transport straight away: no task and no waiter per connection, where
+//! asyncio runs a coroutine for each. Running out of fds is reported and retried after
+//! `ACCEPT_RETRY_DELAY`, as asyncio does.
+
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferroloop_core::driver::Interest;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3::{PyTraverseError, PyVisit};
+use rustix::io::Errno;
+use rustix::net::SocketFlags;
+
+use crate::event_loop::{copy_context, LoopCore};
+use crate::glue::{self, os_error};
+use crate::owner::{IoOp, Owner};
+use crate::sockaddr;
+use crate::transport::{fd_of, in_context, is_exit};
+
+/// Linux's `SOCK_NONBLOCK`, or-ed into the type given to `socket.socket(...)` so that Python
+/// knows the accepted socket is non-blocking without a `setblocking` call.
+const SOCK_NONBLOCK: i64 = 0o4000;
+
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct Listener {
+    loop_: Py<LoopCore>,
+    fd: RawFd,
+    sock: Py<PyAny>,
+    protocol_factory: Py<PyAny>,
+    server: Option<Py<PyAny>>,
+    backlog: usize,
+    /// `(family, type, proto)` of accepted sockets.
+    kind: (i64, i64, i64),
+    context: Py<PyAny>,
+    /// False once stopped, and while waiting to retry after running out of fds.
+    active: AtomicBool,
+}
+
+impl Listener {
+    pub fn wants(&self) -> Interest {
+        if self.active.load(Ordering::Relaxed) {
+            Interest::READABLE
+        } else {
+            Interest::NONE
+        }
+    }
+
+    pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
+        match op {
+            IoOp::Read => Self::accept_ready(slf),
+            IoOp::Start(_) | IoOp::Write | IoOp::ConnectionLost(_) => Ok(()),
+        }
+    }
+
+    fn accept_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        for _ in 0..this.backlog {
+            if !this.active.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            match rustix::net::acceptfrom_with(fd_of(this.fd), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                Ok((conn, addr)) => Self::accepted(slf, conn.into_raw_fd(), addr)?,
+                Err(Errno::AGAIN | Errno::INTR | Errno::CONNABORTED) => return Ok(()),
+                Err(e @ (Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)) => {
+                    this.active.store(false, Ordering::Relaxed);
+                    this.loop_.get().set_owner_interest(py, this.fd, Interest::NONE)?;
+                    let exc = os_error(&e.into());
+                    glue::helper(py, "accept_out_of_resources")?.call1((
+                        this.loop_.bind(py),
+                        slf,
+                        &this.sock,
+                        exc.value(py),
+                    ))?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    // asyncio lets this escape its reader callback, so the loop reports it.
+                    let exc = os_error(&e.into());
+                    glue::helper(py, "report_call_error")?.call1((
+                        this.loop_.bind(py),
+                        slf.getattr("_accept")?,
+                        (),
+                        exc.value(py),
+                    ))?;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Wraps one accepted connection and gives it a protocol and a transport.
+    fn accepted(slf: &Bound<'_, Self>, conn_fd: RawFd, addr: Option<rustix::net::SocketAddrAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (family, kind, proto) = this.kind;
+        let socket_type = py.import("socket")?.getattr("socket")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("fileno", conn_fd)?;
+        let conn = match socket_type.call((family, kind | SOCK_NONBLOCK, proto), Some(&kwargs)) {
+            Ok(conn) => conn,
+            Err(err) => {
+                // SAFETY: the fd came from accept and was not given to any object.
+                drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn_fd) });
+                return Err(err);
+            }
+        };
+        let peername = sockaddr::to_py(py, addr)?;
+        let made = in_context(py, &this.context, || {
+            let protocol = this.protocol_factory.bind(py).call0()?;
+            let extra = PyDict::new(py);
+            extra.set_item("peername", &peername)?;
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("extra", extra)?;
+            kwargs.set_item("server", &this.server)?;
+            this.loop_
+                .bind(py)
+                .call_method("_make_socket_transport", (&conn, protocol), Some(&kwargs))
+                .map(drop)
+        });
+        match made {
+            Ok(()) => Ok(()),
+            Err(err) if is_exit(py, &err) => Err(err),
+            Err(err) => {
+                conn.call_method0("close")?;
+                glue::helper(py, "transport_creation_failed")?
+                    .call1((this.loop_.bind(py), err.value(py)))
+                    .map(drop)
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Listener {
+    #[new]
+    #[pyo3(signature = (loop_, sock, protocol_factory, server=None, backlog=100))]
+    fn new(
+        loop_: &Bound<'_, LoopCore>,
+        sock: &Bound<'_, PyAny>,
+        protocol_factory: &Bound<'_, PyAny>,
+        server: Option<&Bound<'_, PyAny>>,
+        backlog: usize,
+    ) -> PyResult<Self> {
+        let py = loop_.py();
+        Ok(Listener {
+            loop_: loop_.clone().unbind(),
+            fd: sock.call_method0("fileno")?.extract()?,
+            sock: sock.clone().unbind(),
+            protocol_factory: protocol_factory.clone().unbind(),
+            server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
+            backlog: backlog.max(1),
+            kind: (
+                sock.getattr("family")?.extract()?,
+                sock.getattr("type")?.extract()?,
+                sock.getattr("proto")?.extract()?,
+            ),
+            context: copy_context(py)?,
+            active: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts accepting (again, after a retry delay).
+    fn _start(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.loop_.get().is_closed() {
+            return Ok(());
+        }
+        this.active.store(true, Ordering::Relaxed);
+        this.loop_
+            .get()
+            .attach_owner(py, this.fd, Owner::Listener(slf.clone().unbind()))?;
+        this.loop_.get().set_owner_interest(py, this.fd, Interest::READABLE)
+    }
+
+    /// Accepts what is pending now (asyncio's `_accept_connection`, for error reports).
+    fn _accept(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::accept_ready(slf)
+    }
+
+    /// Stops accepting; the server closes the socket.
+    fn _stop(&self, py: Python<'_>) -> PyResult<()> {
+        self.active.store(false, Ordering::Relaxed);
+        self.loop_.get().detach_owner(py, self.fd)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_)?;
+        visit.call(&self.sock)?;
+        visit.call(&self.protocol_factory)?;
+        visit.call(&self.server)?;
+        visit.call(&self.context)
+    }
+}

@@ -1,0 +1,72 @@
+//! The Rust objects that own an fd's readiness (transports, listening sockets) and the work the
+//! loop queues for them.
+//!
+//! An owner tells the loop what it wants to hear about (`LoopCore::set_owner_interest`); the loop
+//! queues an [`IoOp`] for it when the fd is ready, in the same ready queue as callbacks, so the
+//! order of events is asyncio's. Nothing here allocates a Python object.
+
+use ferroloop_core::driver::Interest;
+use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::datagram::DatagramTransport;
+use crate::listener::Listener;
+use crate::stream::StreamTransport;
+
+/// What the loop asks an owner to do.
+pub enum IoOp {
+    /// `connection_made`, then start reading, then resolve the creator's waiter.
+    Start(Option<Py<PyAny>>),
+    Read,
+    Write,
+    /// `connection_lost(exc)` and release the socket.
+    ConnectionLost(Option<Py<PyAny>>),
+}
+
+pub enum Owner {
+    Stream(Py<StreamTransport>),
+    Datagram(Py<DatagramTransport>),
+    Listener(Py<Listener>),
+}
+
+impl Owner {
+    pub fn clone_ref(&self, py: Python<'_>) -> Owner {
+        match self {
+            Owner::Stream(t) => Owner::Stream(t.clone_ref(py)),
+            Owner::Datagram(t) => Owner::Datagram(t.clone_ref(py)),
+            Owner::Listener(l) => Owner::Listener(l.clone_ref(py)),
+        }
+    }
+
+    /// What the owner wants now; readiness queued before it changed its mind is dropped, as
+    /// asyncio drops the handle of a removed reader.
+    pub fn wants(&self, py: Python<'_>) -> Interest {
+        match self {
+            Owner::Stream(t) => t.get().wants(py),
+            Owner::Datagram(t) => t.get().wants(py),
+            Owner::Listener(l) => l.get().wants(),
+        }
+    }
+
+    pub fn run(&self, py: Python<'_>, op: IoOp) -> PyResult<()> {
+        let wants = self.wants(py);
+        match op {
+            IoOp::Read if !wants.readable => return Ok(()),
+            IoOp::Write if !wants.writable => return Ok(()),
+            _ => {}
+        }
+        match self {
+            Owner::Stream(t) => StreamTransport::run_op(t.bind(py), op),
+            Owner::Datagram(t) => DatagramTransport::run_op(t.bind(py), op),
+            Owner::Listener(l) => Listener::run_op(l.bind(py), op),
+        }
+    }
+
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Owner::Stream(t) => visit.call(t),
+            Owner::Datagram(t) => visit.call(t),
+            Owner::Listener(l) => visit.call(l),
+        }
+    }
+}

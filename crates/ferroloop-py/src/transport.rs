@@ -1,0 +1,70 @@
+//! What every Rust transport shares: entering the protocol's context, borrowing its fd, telling
+//! apart the exceptions that must stop the loop, and the flow-control callbacks.
+
+use std::os::fd::{BorrowedFd, RawFd};
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+use crate::glue;
+
+/// asyncio's default high-water mark for a transport's write buffer.
+pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+pub const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+/// `SystemExit` and `KeyboardInterrupt` stop the loop; asyncio re-raises exactly those two from
+/// protocol callbacks and reports every other exception.
+pub fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+/// Borrows a transport's fd for one syscall.
+pub fn fd_of(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: a transport owns its socket object, which keeps the fd open until the transport's
+    // connection_lost closes it; no syscall is made on the fd after that.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Calls `f` with `context` entered, as asyncio runs a transport's reader handle.
+pub fn in_context<R>(py: Python<'_>, context: &Py<PyAny>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+    // SAFETY: `context` is a live Context object; enter and exit pair up on every path.
+    unsafe {
+        if ffi::PyContext_Enter(context.as_ptr()) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let r = f();
+        ffi::PyContext_Exit(context.as_ptr());
+        r
+    }
+}
+
+/// Calls the protocol's `pause_writing`/`resume_writing`; a failure goes to the loop's exception
+/// handler with asyncio's message (`FlowControlMixin`).
+pub fn flow_callback(transport: &Bound<'_, PyAny>, protocol: Option<Py<PyAny>>, name: &str) -> PyResult<()> {
+    let py = transport.py();
+    let Some(protocol) = protocol else { return Ok(()) };
+    match protocol.bind(py).call_method0(name) {
+        Ok(_) => Ok(()),
+        Err(err) if is_exit(py, &err) => Err(err),
+        Err(err) => {
+            let message = format!("protocol.{name}() failed");
+            glue::helper(py, "protocol_callback_failed")?
+                .call1((transport, message, err.value(py)))
+                .map(drop)
+        }
+    }
+}
+
+/// asyncio's `set_write_buffer_limits` defaults and validation: `(high, low)`.
+pub fn write_buffer_limits(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usize)> {
+    let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+    let low = low.unwrap_or(high / 4);
+    if !(high >= low && low >= 0) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "high ({high}) must be >= low ({low}) must be >= 0"
+        )));
+    }
+    Ok((high as usize, low as usize))
+}
