@@ -17,7 +17,7 @@ import os
 import selectors
 import sys
 import threading
-from asyncio import events, unix_events
+from asyncio import constants, events, sslproto, unix_events
 
 from . import _ferroloop, _transports
 
@@ -86,6 +86,34 @@ class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
         return _transports.make_socket_transport(
             self, sock, protocol, waiter, extra=extra, server=server
         )
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        # asyncio's TLS state machine (a BufferedProtocol) over ferroloop's Rust transport.
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        _transports.make_socket_transport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return _transports.DatagramTransport(self, sock, protocol, address, waiter, extra)

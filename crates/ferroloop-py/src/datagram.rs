@@ -468,6 +468,11 @@ impl DatagramTransport {
         Self::force_close(slf, None)
     }
 
+    /// asyncio's private `_force_close(exc)`.
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::force_close(slf, exc.filter(|e| !e.is_none(slf.py())))
+    }
+
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.closing)
     }

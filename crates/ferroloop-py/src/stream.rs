@@ -690,6 +690,11 @@ impl StreamTransport {
         Self::force_close(slf, None)
     }
 
+    /// asyncio's private `_force_close(exc)`, which `asyncio.sslproto` calls on its transport.
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::force_close(slf, exc.filter(|e| !e.is_none(slf.py())))
+    }
+
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.closing)
     }

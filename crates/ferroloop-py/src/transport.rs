@@ -60,7 +60,8 @@ pub fn flow_callback(transport: &Bound<'_, PyAny>, protocol: Option<Py<PyAny>>, 
 /// asyncio's `set_write_buffer_limits` defaults and validation: `(high, low)`.
 pub fn write_buffer_limits(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usize)> {
     let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
-    let low = low.unwrap_or(high / 4);
+    // Floor division, as Python's `high // 4` (it matters for negative values).
+    let low = low.unwrap_or(high.div_euclid(4));
     if !(high >= low && low >= 0) {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "high ({high}) must be >= low ({low}) must be >= 0"

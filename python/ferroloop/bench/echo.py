@@ -234,7 +234,7 @@ def run(unit, loop, ctx):
                     "server_busy": used / result["seconds"],
                 }, used
 
-            yield system.measure_quietly(measure, ctx.quiet_wait)
+            yield system.measure_quietly(measure, ctx.quiet_wait, ctx.retries)
     finally:
         system.stop(server)
         if transport == "unix" and os.path.exists(path):

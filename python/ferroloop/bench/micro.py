@@ -190,7 +190,7 @@ def run(unit, loop, ctx):
             record["value"] = result["rate"]
         return record, 0.0  # the child's CPU time counts as ours once it is reaped
 
-    yield system.measure_quietly(measure, ctx.quiet_wait)
+    yield system.measure_quietly(measure, ctx.quiet_wait, ctx.retries)
 
 
 def main(argv=None):

@@ -26,10 +26,10 @@ def si(x):
     return f"{x:.3g}"
 
 
-def _ratio(r, reps):
+def _ratio(r, reps, digits=2):
     if r is None:
         return "-"
-    text = f"{r['median']:.2f}x"
+    text = f"{r['median']:.{digits}f}x"
     if reps > 1 and r["max"] - r["min"] >= 0.005:
         text += f" ({r['min']:.2f}-{r['max']:.2f})"
     return text
@@ -113,19 +113,27 @@ def behind(rows, head_to_head, reps):
         for metric, label in (("value", "throughput"), ("cpu_us", "CPU per request")):
             r = versus.get(metric)
             if r and r["median"] < 1:
-                worse.append(f"{label} {_ratio(r, reps)} of {b}'s")
+                digits = 3 if r["median"] >= 0.995 else 2
+                note = " (its range reaches 1)" if reps > 1 and r["max"] >= 1 else ""
+                worse.append(f"{label} {_ratio(r, reps, digits)} of {b}'s{note}")
         if worse:
             found.append(f"- {row['family']} / {row['case']}: {a} {', '.join(worse)}")
     return found
 
 
-def failures(rows):
-    return [
-        f"- {row['family']} / {row['case']} on {loop}: {cell['error']}"
-        for row in rows
-        for loop, cell in row["cells"].items()
-        if "error" in cell
-    ]
+def failures(records):
+    """One line per distinct error: how many runs failed with it, and which."""
+    by_error = {}
+    for r in records:
+        if "error" in r:
+            by_error.setdefault(r["error"], []).append(
+                f"{r['case']} on {r['loop']} (rep {r['rep'] + 1})"
+            )
+    lines = []
+    for error, runs in by_error.items():
+        shown = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+        lines.append(f"- {len(runs)} run(s): `{error}`: {shown}")
+    return lines
 
 
 def disturbed(records, max_other):
@@ -236,7 +244,7 @@ def write(out_dir, meta, records, rows, families, loops, baseline, head_to_head,
         md += [f"## Rows where {a} is behind {b}", ""]
         md += behind(rows, head_to_head, reps) or ["None."]
         md.append("")
-    failed = failures(rows)
+    failed = failures(records)
     if failed:
         md += ["## Failures", "", *failed, ""]
     noisy = disturbed(records, max_other)
@@ -244,8 +252,8 @@ def write(out_dir, meta, records, rows, families, loops, baseline, head_to_head,
         md += ["## Runs disturbed by other processes", ""]
         md.append(
             f"Processes outside the benchmark used more than {max_other} cores during these runs, "
-            "even after one retry (the less disturbed attempt is kept); their figures are less "
-            "reliable:"
+            "even after retries (the least disturbed attempt is kept). Medians and ratios leave "
+            "them out wherever an undisturbed repetition of the same case remains:"
         )
         md += ["", *noisy, ""]
     md += ["## Chart", ""]

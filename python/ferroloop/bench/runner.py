@@ -27,8 +27,22 @@ HEAD_TO_HEAD = ("ferroloop", "uvloop")
 
 #: Per-mode defaults: repetitions, echo warm-up and measured seconds per run, micro seconds per run.
 PROFILES = {
-    "full": {"reps": 3, "warmup": 0.3, "duration": 1.0, "micro_time": 0.5, "quiet_wait": 2.0},
-    "quick": {"reps": 1, "warmup": 0.12, "duration": 0.35, "micro_time": 0.2, "quiet_wait": 0.5},
+    "full": {
+        "reps": 3,
+        "warmup": 0.3,
+        "duration": 1.0,
+        "micro_time": 0.5,
+        "quiet_wait": 2.0,
+        "retries": 2,
+    },
+    "quick": {
+        "reps": 1,
+        "warmup": 0.12,
+        "duration": 0.35,
+        "micro_time": 0.2,
+        "quiet_wait": 0.5,
+        "retries": 1,
+    },
 }
 
 
@@ -59,6 +73,11 @@ def parse_args(argv):
         "--quiet-wait",
         type=float,
         help="seconds to wait for other processes to go idle before each run (full: 2, quick: 0.5)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        help="repeats of a run disturbed by other processes (full: 2, quick: 1)",
     )
     args = parser.parse_args(argv)
     for key, value in PROFILES["quick" if args.quick else "full"].items():
@@ -166,6 +185,7 @@ def main(argv=None):
         duration=args.duration,
         micro_time=args.micro_time,
         quiet_wait=args.quiet_wait,
+        retries=args.retries,
         wanted=lambda case: args.filter in case,
         tmpdir=None,
     )
@@ -199,7 +219,7 @@ def main(argv=None):
     records, interrupted = measure_all(plan, families, loop_names, args.reps, total, ctx)
 
     head_to_head = HEAD_TO_HEAD if all(loop in loop_names for loop in HEAD_TO_HEAD) else None
-    rows = stats.summarize(records, loop_names, loops.BASELINE, head_to_head)
+    rows = stats.summarize(records, loop_names, loops.BASELINE, head_to_head, system.MAX_OTHER)
     meta = {
         "command": " ".join(
             ["python -m ferroloop.bench", *(sys.argv[1:] if argv is None else argv)]
@@ -212,7 +232,7 @@ def main(argv=None):
         "seconds": round(time.monotonic() - started, 1),
         "options": {
             k: getattr(args, k)
-            for k in ("reps", "warmup", "duration", "micro_time", "conns", "quiet_wait")
+            for k in ("reps", "warmup", "duration", "micro_time", "conns", "quiet_wait", "retries")
         },
     }
     family_titles = [(name, family.TITLE) for name, family in families.items()]

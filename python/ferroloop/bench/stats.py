@@ -8,7 +8,8 @@ second).
 A ratio compares two loops **within one repetition** (every repetition runs every loop on every
 case, one right after the other), and a row shows the median of those per-repetition ratios
 with their range. A drift of the machine between repetitions thus cancels out of the ratios,
-while it stays in the absolute figures.
+while it stays in the absolute figures. Runs that other processes disturbed (``other_cpu`` above
+``max_other`` cores) are left out whenever an undisturbed repetition of the same case remains.
 """
 
 import statistics
@@ -30,11 +31,17 @@ def _paired(mine, theirs, metric):
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
-def summarize(records, loops, baseline, head_to_head=None):
+def _pair(ok, clean, a, b, metric):
+    """Paired a/b over the repetitions where neither was disturbed, else over all of them."""
+    return _paired(clean[a], clean[b], metric) or _paired(ok[a], ok[b], metric)
+
+
+def summarize(records, loops, baseline, head_to_head=None, max_other=float("inf")):
     """Table rows, in the order cases were first measured. Each row has ``family``, ``case``,
     ``unit`` and ``cells``: loop -> {metric: median, metric_spread: (max-min)/median,
-    ``ratio``/``cpu_ratio``: paired ratio to the baseline, ``error`` when no repetition
-    succeeded}. With ``head_to_head=(a, b)`` a row also has ``versus``: metric -> paired a/b."""
+    ``ratio``/``cpu_ratio``: paired ratio to the baseline, ``reps`` used, ``error`` when no
+    repetition succeeded}. With ``head_to_head=(a, b)`` a row also has ``versus``: metric ->
+    paired a/b."""
     grouped = {}
     for record in records:
         key = (record["family"], record["case"])
@@ -45,27 +52,32 @@ def summarize(records, loops, baseline, head_to_head=None):
             loop: {rep: rec for rep, rec in reps.items() if "error" not in rec}
             for loop, reps in by_loop.items()
         }
+        clean = {
+            loop: {rep: rec for rep, rec in reps.items() if rec.get("other_cpu", 0) <= max_other}
+            for loop, reps in ok.items()
+        }
         unit = next(rec["unit"] for reps in by_loop.values() for rec in reps.values())
         cells = {}
         for loop in loops:
             if loop not in by_loop:
                 continue
-            cell = {"reps": len(ok[loop])}
+            used = clean[loop] or ok[loop]
+            cell = {"reps": len(used)}
             if not ok[loop]:
                 cell["error"] = next(iter(by_loop[loop].values()))["error"]
             for metric in METRICS:
-                values = [rec[metric] for rec in ok[loop].values() if rec.get(metric) is not None]
+                values = [rec[metric] for rec in used.values() if rec.get(metric) is not None]
                 if values:
                     middle = statistics.median(values)
                     cell[metric] = middle
                     cell[metric + "_spread"] = (max(values) - min(values)) / middle if middle else 0
             if loop != baseline and baseline in ok:
-                cell["ratio"] = _paired(ok[loop], ok[baseline], "value")
-                cell["cpu_ratio"] = _paired(ok[loop], ok[baseline], "cpu_us")
+                cell["ratio"] = _pair(ok, clean, loop, baseline, "value")
+                cell["cpu_ratio"] = _pair(ok, clean, loop, baseline, "cpu_us")
             cells[loop] = cell
         row = {"family": family, "case": case, "unit": unit, "cells": cells}
         if head_to_head and all(loop in ok for loop in head_to_head):
-            mine, theirs = (ok[loop] for loop in head_to_head)
-            row["versus"] = {m: _paired(mine, theirs, m) for m in ("value", "cpu_us")}
+            a, b = head_to_head
+            row["versus"] = {m: _pair(ok, clean, a, b, m) for m in ("value", "cpu_us")}
         rows.append(row)
     return rows
