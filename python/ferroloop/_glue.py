@@ -4,6 +4,7 @@ They are Python so that what users read (handle reprs, exception-handler message
 warnings) is formatted by asyncio's own helpers, word for word.
 """
 
+import errno
 import sys
 from asyncio import base_events, constants, format_helpers, trsock
 from asyncio.log import logger
@@ -98,7 +99,7 @@ def transport_fatal_error(transport, exc, message):
                 "message": message,
                 "exception": exc,
                 "transport": transport,
-                "protocol": transport._protocol,
+                "protocol": transport.get_protocol(),
             }
         )
 
@@ -109,13 +110,33 @@ def protocol_callback_failed(transport, message, exc):
             "message": message,
             "exception": exc,
             "transport": transport,
-            "protocol": transport._protocol,
+            "protocol": transport.get_protocol(),
         }
     )
 
 
 def log_debug(fmt, obj):
     logger.debug(fmt, obj)
+
+
+def log_info(fmt, obj):
+    logger.info(fmt, obj)
+
+
+def pipe_fatal_error(transport, exc, message):
+    """The report half of asyncio's read-pipe ``_fatal_error`` (EIO is a tty hang-up)."""
+    if isinstance(exc, OSError) and exc.errno == errno.EIO:
+        if transport._loop.get_debug():
+            logger.debug("%r: %s", transport, message, exc_info=True)
+    else:
+        transport._loop.call_exception_handler(
+            {
+                "message": message,
+                "exception": exc,
+                "transport": transport,
+                "protocol": transport.get_protocol(),
+            }
+        )
 
 
 def log_warning(message):

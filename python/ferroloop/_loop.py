@@ -19,7 +19,7 @@ import sys
 import threading
 from asyncio import constants, events, sslproto, unix_events
 
-from . import _ferroloop, _transports
+from . import _children, _ferroloop, _transports
 
 __all__ = ("Loop", "backends")
 
@@ -80,6 +80,7 @@ class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
         self._core_init(backend)
         #: fd -> the Rust Listener accepting on it, for _stop_serving.
         self._listeners = {}
+        self._children = _children.ChildWatcher(self)
         super().__init__(selector=_SelectorView(self))
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
@@ -115,13 +116,47 @@ class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
         _transports.make_socket_transport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _transports.ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _transports.WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+    async def _make_subprocess_transport(
+        self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
+    ):
+        # asyncio's own transport (Popen, and pipes through connect_*_pipe: Rust), with the
+        # child's exit watched by ferroloop instead of the policy's child watcher.
+        waiter = self.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs,
+        )  # fmt: skip
+        # Like asyncio's watcher callback, report the exit one iteration late, so that what the
+        # pipes read in the meantime reaches the protocol first.
+        self._children.watch(
+            transp.get_pid(),
+            lambda returncode: self.call_soon(transp._process_exited, returncode),
+        )
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return _transports.DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, *args, **kwargs):
         if sslcontext is not None:
             # TLS servers accept through asyncio's own path until TLS moves to Rust.
-            return super()._start_serving(protocol_factory, sock, sslcontext, server, *args, **kwargs)
+            return super()._start_serving(
+                protocol_factory, sock, sslcontext, server, *args, **kwargs
+            )
         backlog = args[0] if args else kwargs.get("backlog", 100)
         listener = _ferroloop.Listener(self, sock, protocol_factory, server, backlog)
         self._listeners[sock.fileno()] = listener
@@ -161,4 +196,5 @@ class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
         if self.is_closed():
             return
         super().close()
+        self._children.close()
         self._close_core()

@@ -2,13 +2,22 @@
 the class attributes asyncio looks for. Everything per read and per write is in the Rust base.
 """
 
+import os
 import socket
+import stat
 import warnings
 from asyncio import base_events, constants
 
 from . import _ferroloop
 
-__all__ = ("DatagramTransport", "TCPTransport", "UnixTransport", "make_socket_transport")
+__all__ = (
+    "DatagramTransport",
+    "ReadPipeTransport",
+    "TCPTransport",
+    "UnixTransport",
+    "WritePipeTransport",
+    "make_socket_transport",
+)
 
 
 class _TransportFace:
@@ -67,3 +76,79 @@ class DatagramTransport(_TransportFace, _ferroloop.DatagramTransport):
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         loop._transports[self._sock_fd] = self
         self._start(waiter)
+
+
+class _PipeFace:
+    """``__repr__`` and ``__del__`` as asyncio's Unix pipe transports have them."""
+
+    __slots__ = ()
+
+    def _repr_info(self):
+        info = [type(self).__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        return info
+
+    def __del__(self, _warn=warnings.warn):
+        pipe = self._pipe
+        if pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            pipe.close()
+
+
+def _pipe_mode(pipe):
+    return os.fstat(pipe.fileno()).st_mode
+
+
+class ReadPipeTransport(_PipeFace, _ferroloop.ReadPipeTransport):
+    """The read end of a pipe, FIFO, tty, character device or socket pair."""
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        mode = _pipe_mode(pipe)
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            raise ValueError("Pipe transport is for pipes/sockets only.")
+        os.set_blocking(self._fileno, False)
+        self._start(waiter)
+
+    def __repr__(self):
+        info = self._repr_info()
+        if self._pipe is not None:
+            info.append("polling" if self._polling()[0] else "idle")
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))
+
+
+class WritePipeTransport(_PipeFace, _ferroloop.WritePipeTransport):
+    """The write end of a pipe, FIFO, tty, character device or socket pair."""
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        mode = _pipe_mode(pipe)
+        is_fifo, is_socket = stat.S_ISFIFO(mode), stat.S_ISSOCK(mode)
+        if not (stat.S_ISCHR(mode) or is_fifo or is_socket):
+            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
+        os.set_blocking(self._fileno, False)
+        # On a pipe or a socket, readability of the write end means the reader went away.
+        self._start(waiter, is_fifo or is_socket)
+
+    # asyncio's write pipe transport is an asyncio.Transport, whose read side says this.
+    def is_reading(self):
+        raise NotImplementedError
+
+    def pause_reading(self):
+        raise NotImplementedError
+
+    def resume_reading(self):
+        raise NotImplementedError
+
+    def __repr__(self):
+        info = self._repr_info()
+        if self._pipe is not None:
+            info.append("polling" if self._polling()[1] else "idle")
+            info.append(f"bufsize={self.get_write_buffer_size()}")
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))

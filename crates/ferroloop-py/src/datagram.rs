@@ -314,6 +314,7 @@ impl DatagramTransport {
             IoOp::Read => Self::run_read(slf),
             IoOp::Write => Self::run_write(slf),
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::Eof => Ok(()),
         }
     }
 

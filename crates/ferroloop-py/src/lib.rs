@@ -7,6 +7,7 @@ mod glue;
 mod handle;
 mod listener;
 mod owner;
+mod pipe;
 mod sockaddr;
 mod stream;
 mod tasks;
@@ -24,6 +25,8 @@ mod _ferroloop {
     use crate::handle::{Handle, TimerHandle};
     #[pymodule_export]
     use crate::listener::Listener;
+    #[pymodule_export]
+    use crate::pipe::{ReadPipeTransport, WritePipeTransport};
     #[pymodule_export]
     use crate::stream::StreamTransport;
 

@@ -54,7 +54,7 @@ impl Listener {
     pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
         match op {
             IoOp::Read => Self::accept_ready(slf),
-            IoOp::Start(_) | IoOp::Write | IoOp::ConnectionLost(_) => Ok(()),
+            IoOp::Start(_) | IoOp::Write | IoOp::ConnectionLost(_) | IoOp::Eof => Ok(()),
         }
     }
 

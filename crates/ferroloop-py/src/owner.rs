@@ -11,6 +11,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::datagram::DatagramTransport;
 use crate::listener::Listener;
+use crate::pipe::{ReadPipeTransport, WritePipeTransport};
 use crate::stream::StreamTransport;
 
 /// What the loop asks an owner to do.
@@ -21,12 +22,16 @@ pub enum IoOp {
     Write,
     /// `connection_lost(exc)` and release the socket.
     ConnectionLost(Option<Py<PyAny>>),
+    /// `eof_received()` (a read pipe that hit end of file).
+    Eof,
 }
 
 pub enum Owner {
     Stream(Py<StreamTransport>),
     Datagram(Py<DatagramTransport>),
     Listener(Py<Listener>),
+    ReadPipe(Py<ReadPipeTransport>),
+    WritePipe(Py<WritePipeTransport>),
 }
 
 impl Owner {
@@ -35,6 +40,8 @@ impl Owner {
             Owner::Stream(t) => Owner::Stream(t.clone_ref(py)),
             Owner::Datagram(t) => Owner::Datagram(t.clone_ref(py)),
             Owner::Listener(l) => Owner::Listener(l.clone_ref(py)),
+            Owner::ReadPipe(t) => Owner::ReadPipe(t.clone_ref(py)),
+            Owner::WritePipe(t) => Owner::WritePipe(t.clone_ref(py)),
         }
     }
 
@@ -45,6 +52,8 @@ impl Owner {
             Owner::Stream(t) => t.get().wants(py),
             Owner::Datagram(t) => t.get().wants(py),
             Owner::Listener(l) => l.get().wants(),
+            Owner::ReadPipe(t) => t.get().wants(py),
+            Owner::WritePipe(t) => t.get().wants(py),
         }
     }
 
@@ -59,6 +68,8 @@ impl Owner {
             Owner::Stream(t) => StreamTransport::run_op(t.bind(py), op),
             Owner::Datagram(t) => DatagramTransport::run_op(t.bind(py), op),
             Owner::Listener(l) => Listener::run_op(l.bind(py), op),
+            Owner::ReadPipe(t) => ReadPipeTransport::run_op(t.bind(py), op),
+            Owner::WritePipe(t) => WritePipeTransport::run_op(t.bind(py), op),
         }
     }
 
@@ -67,6 +78,8 @@ impl Owner {
             Owner::Stream(t) => visit.call(t),
             Owner::Datagram(t) => visit.call(t),
             Owner::Listener(l) => visit.call(l),
+            Owner::ReadPipe(t) => visit.call(t),
+            Owner::WritePipe(t) => visit.call(t),
         }
     }
 }

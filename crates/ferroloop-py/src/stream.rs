@@ -471,6 +471,7 @@ impl StreamTransport {
             IoOp::Read => Self::run_read(slf),
             IoOp::Write => Self::run_write(slf),
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::Eof => Ok(()),
         }
     }
 

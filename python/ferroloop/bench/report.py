@@ -223,7 +223,7 @@ def write(out_dir, meta, records, rows, families, loops, baseline, head_to_head,
         md.append(f"| {loop} | {version}{extra} |")
     for note in meta["notes"]:
         md.append(f"| note | {note} |")
-    md.append(f"| pinning | {m['pinning']} |")
+    md.append(f"| pinning | {m['pinning']}; niceness {meta['options']['nice']} |")
     md.append(f"| load average at start | {m['load_average']} |")
     opts = meta["options"]
     md.append(

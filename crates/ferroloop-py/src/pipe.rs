@@ -1,0 +1,841 @@
+//! `ReadPipeTransport` and `WritePipeTransport`: asyncio's Unix pipe transports (pipes, FIFOs,
+//! ttys, character devices, socket pairs) with their read and write paths in Rust.
+//!
+//! They follow asyncio's `_UnixReadPipeTransport` and `_UnixWritePipeTransport` callback for
+//! callback. A pipe transport owns its pipe object and closes it exactly once, after
+//! `connection_lost`; the fd leaves the loop before that close, so its number can be reused at
+//! once. A write pipe also watches its fd for readability, which on a pipe or socket means the
+//! reading end went away: the transport then closes (with `BrokenPipeError` if data was queued).
+
+use std::os::fd::RawFd;
+
+use ferroloop_core::driver::Interest;
+use ferroloop_core::writeq::WriteQueue;
+use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+use rustix::io::Errno;
+
+use crate::cell::AttachedCell;
+use crate::event_loop::{copy_context, LoopCore};
+use crate::glue::{self, os_error};
+use crate::owner::{IoOp, Owner};
+use crate::stream::Chunk;
+use crate::transport::{
+    fd_of, flow_callback, in_context, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
+
+/// What both pipe transports hold besides their state.
+struct Common {
+    loop_: Py<LoopCore>,
+    fd: RawFd,
+    extra: Py<PyDict>,
+    context: Py<PyAny>,
+}
+
+impl Common {
+    fn new(
+        loop_: &Bound<'_, LoopCore>,
+        pipe: &Bound<'_, PyAny>,
+        extra: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Common> {
+        let py = loop_.py();
+        let dict = match extra {
+            Some(e) => e.clone(),
+            None => PyDict::new(py),
+        };
+        dict.set_item("pipe", pipe)?;
+        Ok(Common {
+            loop_: loop_.clone().unbind(),
+            fd: pipe.call_method0("fileno")?.extract()?,
+            extra: dict.unbind(),
+            context: copy_context(py)?,
+        })
+    }
+
+    fn lp(&self) -> &LoopCore {
+        self.loop_.get()
+    }
+
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        match self.extra.bind(py).get_item(name)? {
+            Some(v) => Ok(v.unbind()),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_)?;
+        visit.call(&self.extra)?;
+        visit.call(&self.context)
+    }
+}
+
+/// Calls `protocol.<name>(*args)` in the transport's context; an exception goes to the exception
+/// handler as asyncio's handle would report it.
+fn call_protocol<'py>(
+    transport: &Bound<'py, PyAny>,
+    common: &Common,
+    protocol: &Bound<'py, PyAny>,
+    name: &str,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<()> {
+    let py = transport.py();
+    let method = protocol.getattr(name)?;
+    match in_context(py, &common.context, || method.call1(args).map(drop)) {
+        Ok(()) => Ok(()),
+        Err(err) if is_exit(py, &err) => Err(err),
+        Err(err) => glue::helper(py, "report_call_error")?
+            .call1((common.loop_.bind(py), method, args, err.value(py)))
+            .map(drop),
+    }
+}
+
+fn resolve_waiter(py: Python<'_>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
+    if let Some(waiter) = waiter {
+        let waiter = waiter.bind(py);
+        if !waiter.call_method0("cancelled")?.is_truthy()? {
+            waiter.call_method1("set_result", (py.None(),))?;
+        }
+    }
+    Ok(())
+}
+
+// --- the read end ----------------------------------------------------------------------------
+
+struct ReadState {
+    pipe: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    started: bool,
+    paused: bool,
+    closing: bool,
+    interest: Interest,
+}
+
+impl ReadState {
+    fn is_reading(&self) -> bool {
+        !self.paused && !self.closing
+    }
+}
+
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+pub struct ReadPipeTransport {
+    common: Common,
+    state: AttachedCell<ReadState>,
+}
+
+impl ReadPipeTransport {
+    fn protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.state.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    fn sync_interest(&self, py: Python<'_>) -> PyResult<()> {
+        let change = self.state.with(py, |s| {
+            let want = Interest {
+                readable: s.started && s.is_reading(),
+                writable: false,
+            };
+            (want != s.interest).then(|| {
+                s.interest = want;
+                want
+            })
+        })?;
+        match change {
+            Some(interest) => self.common.lp().set_owner_interest(py, self.common.fd, interest),
+            None => Ok(()),
+        }
+    }
+
+    fn owner(slf: &Bound<'_, Self>) -> Owner {
+        Owner::ReadPipe(slf.clone().unbind())
+    }
+
+    /// asyncio's `_close`: stop reading, then `connection_lost(exc)` on the next pass.
+    fn close_with(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.state.with(py, |s| s.closing = true)?;
+        this.sync_interest(py)?;
+        this.common
+            .lp()
+            .schedule(py, Self::owner(slf), IoOp::ConnectionLost(exc))
+    }
+
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let fd = this.common.fd;
+        let read = this
+            .common
+            .lp()
+            .with_read_buf(py, |buf| match rustix::io::read(fd_of(fd), &mut buf[..]) {
+                Ok(n) => Ok(PyBytes::new(py, &buf[..n])),
+                Err(e) => Err(e),
+            })?;
+        let data = match read {
+            Ok(data) => data,
+            Err(Errno::AGAIN | Errno::INTR) => return Ok(()),
+            Err(e) => {
+                let err = os_error(&e.into());
+                glue::helper(py, "pipe_fatal_error")?.call1((
+                    slf,
+                    err.value(py),
+                    "Fatal read error on pipe transport",
+                ))?;
+                return Self::close_with(slf, Some(err.value(py).clone().into_any().unbind()));
+            }
+        };
+        let Some(protocol) = this.protocol(py)? else {
+            return Ok(());
+        };
+        if !data.as_bytes().is_empty() {
+            return call_protocol(
+                slf.as_any(),
+                &this.common,
+                protocol.bind(py),
+                "data_received",
+                &PyTuple::new(py, [data])?,
+            );
+        }
+        if this.common.lp().debug() {
+            glue::helper(py, "log_info")?.call1(("%r was closed by peer", slf))?;
+        }
+        this.state.with(py, |s| s.closing = true)?;
+        this.sync_interest(py)?;
+        this.common.lp().schedule(py, Self::owner(slf), IoOp::Eof)?;
+        this.common
+            .lp()
+            .schedule(py, Self::owner(slf), IoOp::ConnectionLost(None))
+    }
+
+    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let told = match this.protocol(py)? {
+            Some(p) => in_context(py, &this.common.context, || {
+                p.bind(py).call_method1("connection_lost", (exc,)).map(drop)
+            }),
+            None => Ok(()),
+        };
+        let (pipe, protocol) = this.state.with(py, |s| {
+            s.interest = Interest::NONE;
+            (s.pipe.take(), s.protocol.take())
+        })?;
+        this.common.lp().detach_owner(py, this.common.fd)?;
+        if let Some(pipe) = pipe {
+            pipe.bind(py).call_method0("close")?;
+        }
+        drop(protocol);
+        told
+    }
+
+    pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        match op {
+            IoOp::Start(waiter) => {
+                if let Some(p) = this.protocol(py)? {
+                    call_protocol(
+                        slf.as_any(),
+                        &this.common,
+                        p.bind(py),
+                        "connection_made",
+                        &PyTuple::new(py, [slf])?,
+                    )?;
+                }
+                this.state.with(py, |s| s.started = true)?;
+                this.sync_interest(py)?;
+                resolve_waiter(py, waiter)
+            }
+            IoOp::Read => Self::read_ready(slf),
+            IoOp::Eof => match this.protocol(py)? {
+                Some(p) => call_protocol(
+                    slf.as_any(),
+                    &this.common,
+                    p.bind(py),
+                    "eof_received",
+                    &PyTuple::empty(py),
+                ),
+                None => Ok(()),
+            },
+            IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::Write => Ok(()),
+        }
+    }
+
+    pub fn wants(&self, py: Python<'_>) -> Interest {
+        self.state.with(py, |s| s.interest).unwrap_or(Interest::NONE)
+    }
+}
+
+#[pymethods]
+impl ReadPipeTransport {
+    #[new]
+    #[pyo3(signature = (loop_, pipe, protocol, waiter=None, extra=None))]
+    fn new(
+        loop_: &Bound<'_, LoopCore>,
+        pipe: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        waiter: Option<&Bound<'_, PyAny>>,
+        extra: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let _ = waiter; // resolved by `_start`, once the object exists
+        Ok(ReadPipeTransport {
+            common: Common::new(loop_, pipe, extra)?,
+            state: AttachedCell::new(ReadState {
+                pipe: Some(pipe.clone().unbind()),
+                protocol: Some(protocol.clone().unbind()),
+                started: false,
+                paused: false,
+                closing: false,
+                interest: Interest::NONE,
+            }),
+        })
+    }
+
+    #[pyo3(signature = (waiter=None))]
+    fn _start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.common.lp().attach_owner(py, this.common.fd, Self::owner(slf))?;
+        this.common.lp().schedule(py, Self::owner(slf), IoOp::Start(waiter))
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.is_reading())
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let pause = this.state.with(py, |s| {
+            let pause = s.is_reading();
+            s.paused |= pause;
+            pause
+        })?;
+        if pause {
+            this.sync_interest(py)?;
+            if this.common.lp().debug() {
+                glue::helper(py, "log_debug")?.call1(("%r pauses reading", slf))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let resume = this.state.with(py, |s| {
+            let resume = !s.closing && s.paused;
+            s.paused &= !resume;
+            resume
+        })?;
+        if resume {
+            this.sync_interest(py)?;
+            if this.common.lp().debug() {
+                glue::helper(py, "log_debug")?.call1(("%r resumes reading", slf))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let old = self
+            .state
+            .with(protocol.py(), |s| s.protocol.replace(protocol.clone().unbind()))?;
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.protocol(py)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.closing)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().state.with(slf.py(), |s| s.closing)? {
+            return Ok(());
+        }
+        Self::close_with(slf, None)
+    }
+
+    /// asyncio's private `_close(exc)` (`base_subprocess` calls it on failures).
+    #[pyo3(signature = (exc=None))]
+    fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::close_with(slf, exc)
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.common.get_extra_info(py, name, default)
+    }
+
+    #[getter]
+    fn _pipe(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.state.with(py, |s| s.pipe.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _fileno(&self) -> RawFd {
+        self.common.fd
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
+        self.common.loop_.clone_ref(py)
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.closing)
+    }
+
+    fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
+        self.state.with(py, |s| (s.interest.readable, s.interest.writable))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.common.traverse(&visit)?;
+        let Some(s) = self.state.for_traverse() else {
+            return Ok(());
+        };
+        visit.call(&s.pipe)?;
+        visit.call(&s.protocol)
+    }
+}
+
+// --- the write end ---------------------------------------------------------------------------
+
+#[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, one for one
+struct WriteState {
+    pipe: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    writes: WriteQueue<Chunk>,
+    /// Watch for readability: the reader went away (pipes and sockets only).
+    watch_peer: bool,
+    started: bool,
+    closing: bool,
+    conn_lost: u32,
+    protocol_paused: bool,
+    high_water: usize,
+    low_water: usize,
+    interest: Interest,
+}
+
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+pub struct WritePipeTransport {
+    common: Common,
+    state: AttachedCell<WriteState>,
+}
+
+impl WritePipeTransport {
+    fn protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.state.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    fn owner(slf: &Bound<'_, Self>) -> Owner {
+        Owner::WritePipe(slf.clone().unbind())
+    }
+
+    fn sync_interest(&self, py: Python<'_>) -> PyResult<()> {
+        let change = self.state.with(py, |s| {
+            let want = Interest {
+                readable: s.started && s.watch_peer && s.pipe.is_some() && !(s.closing && s.writes.is_empty()),
+                writable: !s.writes.is_empty(),
+            };
+            (want != s.interest).then(|| {
+                s.interest = want;
+                want
+            })
+        })?;
+        match change {
+            Some(interest) => self.common.lp().set_owner_interest(py, self.common.fd, interest),
+            None => Ok(()),
+        }
+    }
+
+    /// asyncio's `_close`: drop queued data, stop watching, `connection_lost(exc)` next pass.
+    fn close_with(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let dropped = this.state.with(py, |s| {
+            s.closing = true;
+            s.watch_peer = false;
+            s.writes.clear()
+        })?;
+        drop(dropped);
+        this.sync_interest(py)?;
+        this.common
+            .lp()
+            .schedule(py, Self::owner(slf), IoOp::ConnectionLost(exc))
+    }
+
+    fn fatal_error(slf: &Bound<'_, Self>, err: &PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        glue::helper(py, "transport_fatal_error")?.call1((slf, err.value(py), message))?;
+        Self::close_with(slf, Some(err.value(py).clone().into_any().unbind()))
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let fd = this.common.fd;
+        let flushed = this
+            .state
+            .with(py, |s| s.writes.flush(|iov| Ok(rustix::io::writev(fd_of(fd), iov)?)))?;
+        match flushed {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => {
+                this.state.with(py, |s| s.conn_lost += 1)?;
+                Self::fatal_error(slf, &os_error(&e), "Fatal write error on pipe transport")
+            }
+            Ok((_, done)) => {
+                drop(done);
+                if !this.state.with(py, |s| s.writes.is_empty())? {
+                    return Ok(());
+                }
+                this.sync_interest(py)?;
+                Self::maybe_resume_protocol(slf)?;
+                if this.state.with(py, |s| s.closing && s.writes.is_empty())? {
+                    this.sync_interest(py)?;
+                    return Self::connection_lost(slf, None);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let resume = this.state.with(py, |s| {
+            let resume = s.protocol_paused && s.writes.len() <= s.low_water;
+            s.protocol_paused &= !resume;
+            resume
+        })?;
+        if resume {
+            flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let pause = this.state.with(py, |s| {
+            let pause = s.writes.len() > s.high_water && !s.protocol_paused;
+            s.protocol_paused |= pause;
+            pause
+        })?;
+        if pause {
+            flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
+        }
+        Ok(())
+    }
+
+    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let told = match this.protocol(py)? {
+            Some(p) => in_context(py, &this.common.context, || {
+                p.bind(py).call_method1("connection_lost", (exc,)).map(drop)
+            }),
+            None => Ok(()),
+        };
+        let (pipe, protocol) = this.state.with(py, |s| {
+            s.interest = Interest::NONE;
+            (s.pipe.take(), s.protocol.take())
+        })?;
+        this.common.lp().detach_owner(py, this.common.fd)?;
+        if let Some(pipe) = pipe {
+            pipe.bind(py).call_method0("close")?;
+        }
+        drop(protocol);
+        told
+    }
+
+    pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        match op {
+            IoOp::Start(waiter) => {
+                if let Some(p) = this.protocol(py)? {
+                    call_protocol(
+                        slf.as_any(),
+                        &this.common,
+                        p.bind(py),
+                        "connection_made",
+                        &PyTuple::new(py, [slf])?,
+                    )?;
+                }
+                this.state.with(py, |s| s.started = true)?;
+                this.sync_interest(py)?;
+                resolve_waiter(py, waiter)
+            }
+            IoOp::Read => {
+                // Readable on a write pipe: the reading end is gone.
+                if this.common.lp().debug() {
+                    glue::helper(py, "log_info")?.call1(("%r was closed by peer", slf))?;
+                }
+                let queued = this.state.with(py, |s| !s.writes.is_empty())?;
+                let exc = if queued {
+                    Some(PyBrokenPipeError::new_err(()).value(py).clone().into_any().unbind())
+                } else {
+                    None
+                };
+                Self::close_with(slf, exc)
+            }
+            IoOp::Write => Self::write_ready(slf),
+            IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::Eof => Ok(()),
+        }
+    }
+
+    pub fn wants(&self, py: Python<'_>) -> Interest {
+        self.state.with(py, |s| s.interest).unwrap_or(Interest::NONE)
+    }
+}
+
+#[pymethods]
+impl WritePipeTransport {
+    #[new]
+    #[pyo3(signature = (loop_, pipe, protocol, waiter=None, extra=None))]
+    fn new(
+        loop_: &Bound<'_, LoopCore>,
+        pipe: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        waiter: Option<&Bound<'_, PyAny>>,
+        extra: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let _ = waiter; // resolved by `_start`, once the object exists
+        Ok(WritePipeTransport {
+            common: Common::new(loop_, pipe, extra)?,
+            state: AttachedCell::new(WriteState {
+                pipe: Some(pipe.clone().unbind()),
+                protocol: Some(protocol.clone().unbind()),
+                writes: WriteQueue::new(),
+                watch_peer: false,
+                started: false,
+                closing: false,
+                conn_lost: 0,
+                protocol_paused: false,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                interest: Interest::NONE,
+            }),
+        })
+    }
+
+    /// `watch_peer`: the fd is a pipe or socket, whose readability means the reader went away.
+    #[pyo3(signature = (waiter=None, watch_peer=false))]
+    fn _start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>, watch_peer: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.state.with(py, |s| s.watch_peer = watch_peer)?;
+        this.common.lp().attach_owner(py, this.common.fd, Self::owner(slf))?;
+        this.common.lp().schedule(py, Self::owner(slf), IoOp::Start(waiter))
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let chunk = if let Ok(b) = data.cast::<PyBytes>() {
+            b.clone()
+        } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            py.get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?
+        } else {
+            // asyncio asserts the type here.
+            return Err(PyAssertionError::new_err(data.repr()?.unbind()));
+        };
+        let size = chunk.as_bytes().len();
+        if size == 0 {
+            return Ok(());
+        }
+        let (lost, queued) = this
+            .state
+            .with(py, |s| (s.conn_lost > 0 || s.closing, !s.writes.is_empty()))?;
+        if lost {
+            let count = this.state.with(py, |s| {
+                s.conn_lost += 1;
+                s.conn_lost - 1
+            })?;
+            if count >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                glue::helper(py, "log_warning")?
+                    .call1(("pipe closed by peer or os.write(pipe, data) raised exception.",))?;
+            }
+            return Ok(());
+        }
+        let mut sent = 0;
+        if !queued {
+            match rustix::io::write(fd_of(this.common.fd), chunk.as_bytes()) {
+                Ok(n) if n == size => return Ok(()),
+                Ok(n) => sent = n,
+                Err(Errno::AGAIN | Errno::INTR) => {}
+                Err(e) => {
+                    this.state.with(py, |s| s.conn_lost += 1)?;
+                    return Self::fatal_error(slf, &os_error(&e.into()), "Fatal write error on pipe transport");
+                }
+            }
+        }
+        this.state
+            .with(py, |s| s.writes.push(Chunk::Bytes(chunk.unbind()), sent))?;
+        this.sync_interest(py)?;
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = PyBytes::new(slf.py(), &[]).call_method1("join", (list_of_data,))?;
+        Self::write(slf, &data)
+    }
+
+    #[allow(clippy::unused_self)] // an instance method in asyncio's API
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lost_now = this.state.with(py, |s| {
+            if s.closing {
+                return None;
+            }
+            s.closing = true;
+            Some(s.writes.is_empty())
+        })?;
+        if lost_now == Some(true) {
+            this.state.with(py, |s| s.watch_peer = false)?;
+            this.sync_interest(py)?;
+            this.common
+                .lp()
+                .schedule(py, Self::owner(slf), IoOp::ConnectionLost(None))?;
+        }
+        Ok(())
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().state.with(slf.py(), |s| s.pipe.is_some() && !s.closing)? {
+            Self::write_eof(slf)?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::close_with(slf, None)
+    }
+
+    /// asyncio's private `_close(exc)`.
+    #[pyo3(signature = (exc=None))]
+    fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::close_with(slf, exc)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.closing)
+    }
+
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let old = self
+            .state
+            .with(protocol.py(), |s| s.protocol.replace(protocol.clone().unbind()))?;
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.protocol(py)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        self.state.with(py, |s| s.writes.len())
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        self.state.with(py, |s| (s.low_water, s.high_water))
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let (high, low) = write_buffer_limits(high, low)?;
+        slf.get().state.with(slf.py(), |s| {
+            s.high_water = high;
+            s.low_water = low;
+        })?;
+        Self::maybe_pause_protocol(slf)
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.common.get_extra_info(py, name, default)
+    }
+
+    #[getter]
+    fn _pipe(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.state.with(py, |s| s.pipe.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _fileno(&self) -> RawFd {
+        self.common.fd
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
+        self.common.loop_.clone_ref(py)
+    }
+
+    #[getter]
+    fn _protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.protocol(py)
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.closing)
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
+        self.state.with(py, |s| s.conn_lost)
+    }
+
+    fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
+        self.state.with(py, |s| (s.interest.readable, s.interest.writable))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.common.traverse(&visit)?;
+        let Some(s) = self.state.for_traverse() else {
+            return Ok(());
+        };
+        visit.call(&s.pipe)?;
+        visit.call(&s.protocol)
+    }
+}
