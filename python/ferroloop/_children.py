@@ -15,11 +15,15 @@ from asyncio.log import logger
 __all__ = ("ChildWatcher",)
 
 
-def _reap(pid):
-    """``waitpid`` and the exit code, or 255 if someone else reaped the child (asyncio's rule)."""
+def _reap(pid, popen=None):
+    """``waitpid`` and the exit code. If the child was reaped already, the code its ``Popen``
+    saw (``kill()``, ``send_signal()`` and ``poll()`` reap an exited child themselves), else 255
+    with a warning, asyncio's rule."""
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
+        if popen is not None and popen.returncode is not None:
+            return popen.returncode
         logger.warning(
             "child process pid %d exit status already read:  will report returncode 255", pid
         )
@@ -33,27 +37,27 @@ class ChildWatcher:
         #: pid -> pidfd of the children watched through the loop.
         self._pidfds = {}
 
-    def watch(self, pid, callback):
+    def watch(self, pid, callback, popen=None):
         """Calls ``callback(returncode)`` in the loop thread once ``pid`` has exited."""
         try:
             pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
-            self._watch_with_thread(pid, callback)
+            self._watch_with_thread(pid, callback, popen)
             return
         self._pidfds[pid] = pidfd
-        self._loop._add_reader(pidfd, self._exited, pid, callback)
+        self._loop._add_reader(pidfd, self._exited, pid, callback, popen)
 
-    def _exited(self, pid, callback):
+    def _exited(self, pid, callback, popen):
         pidfd = self._pidfds.pop(pid)
         self._loop._remove_reader(pidfd)
         os.close(pidfd)
-        callback(_reap(pid))
+        callback(_reap(pid, popen))
 
-    def _watch_with_thread(self, pid, callback):
+    def _watch_with_thread(self, pid, callback, popen):
         loop = self._loop
 
         def wait():
-            returncode = _reap(pid)
+            returncode = _reap(pid, popen)
             if not loop.is_closed():
                 loop.call_soon_threadsafe(callback, returncode)
 

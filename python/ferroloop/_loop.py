@@ -19,7 +19,8 @@ import sys
 import threading
 from asyncio import constants, events, sslproto, unix_events
 
-from . import _children, _ferroloop, _transports
+from . import _children, _ferroloop, _sendfile, _transports
+from ._sockets import SocketOpsMixin
 
 __all__ = ("Loop", "backends")
 
@@ -71,7 +72,7 @@ class _SelectorView(selectors.BaseSelector):
         self._core = None
 
 
-class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
+class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLoop):
     """An asyncio event loop whose scheduler, timers and I/O dispatch are written in Rust."""
 
     def __init__(self, *, backend=None):
@@ -137,6 +138,7 @@ class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
         self._children.watch(
             transp.get_pid(),
             lambda returncode: self.call_soon(transp._process_exited, returncode),
+            transp._proc,
         )
         try:
             await waiter
@@ -147,6 +149,9 @@ class Loop(_ferroloop.LoopCore, unix_events._UnixSelectorEventLoop):
             await transp._wait()
             raise
         return transp
+
+    async def _sendfile_fallback(self, transp, file, offset, count):
+        return await _sendfile.sendfile_fallback(self, transp, file, offset, count)
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return _transports.DatagramTransport(self, sock, protocol, address, waiter, extra)

@@ -106,10 +106,14 @@ def _pipe_mode(pipe):
 class ReadPipeTransport(_PipeFace, _ferroloop.ReadPipeTransport):
     """The read end of a pipe, FIFO, tty, character device or socket pair."""
 
-    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+    def __new__(cls, loop, pipe, protocol, waiter=None, extra=None):
+        # Checked before the object exists, so that a refused pipe is left open and untouched.
         mode = _pipe_mode(pipe)
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
             raise ValueError("Pipe transport is for pipes/sockets only.")
+        return super().__new__(cls, loop, pipe, protocol, waiter, extra)
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         os.set_blocking(self._fileno, False)
         self._start(waiter)
 
@@ -125,11 +129,15 @@ class ReadPipeTransport(_PipeFace, _ferroloop.ReadPipeTransport):
 class WritePipeTransport(_PipeFace, _ferroloop.WritePipeTransport):
     """The write end of a pipe, FIFO, tty, character device or socket pair."""
 
+    def __new__(cls, loop, pipe, protocol, waiter=None, extra=None):
+        mode = _pipe_mode(pipe)
+        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
+        return super().__new__(cls, loop, pipe, protocol, waiter, extra)
+
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         mode = _pipe_mode(pipe)
         is_fifo, is_socket = stat.S_ISFIFO(mode), stat.S_ISSOCK(mode)
-        if not (stat.S_ISCHR(mode) or is_fifo or is_socket):
-            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
         os.set_blocking(self._fileno, False)
         # On a pipe or a socket, readability of the write end means the reader went away.
         self._start(waiter, is_fifo or is_socket)

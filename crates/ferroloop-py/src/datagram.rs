@@ -28,8 +28,7 @@ use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::sockaddr::{self, Dest};
 use crate::transport::{
-    fd_of, flow_callback, in_context, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    fd_of, flow_callback, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 #[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, one for one
@@ -123,8 +122,25 @@ impl DatagramTransport {
         match res {
             Ok(_) => Sent::Done,
             Err(Errno::AGAIN | Errno::INTR) => Sent::Blocked,
+            // No address on a socket with no peer: let `socket.sendto` say what asyncio says.
+            Err(Errno::DESTADDRREQ) if addr.is_none() => self.send_with_python(py, data, &py.None().into_bound(py)),
             Err(e) => Sent::Failed(os_error(&e.into())),
         }
+    }
+
+    /// A failed send: an `OSError` goes to `error_received`, anything else is fatal (asyncio).
+    fn send_failed(slf: &Bound<'_, Self>, err: &PyErr) -> PyResult<()> {
+        if err.is_instance_of::<pyo3::exceptions::PyOSError>(slf.py()) {
+            Self::error_received(slf, err)
+        } else {
+            Self::fatal_error(slf, err, "Fatal write error on datagram transport")
+        }
+    }
+
+    fn fatal_error(slf: &Bound<'_, Self>, exc: &PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        glue::helper(py, "transport_fatal_error")?.call1((slf, exc.value(py), message))?;
+        Self::force_close(slf, Some(exc.value(py).clone().into_any().unbind()))
     }
 
     /// `sock.sendto(data, addr)` for addresses Rust does not parse (host names, odd forms).
@@ -149,12 +165,7 @@ impl DatagramTransport {
             return Ok(());
         };
         let method = protocol.bind(py).getattr("error_received")?;
-        Self::report(
-            slf,
-            in_context(py, &this.context, || method.call1((err.value(py),)).map(drop)),
-            &method,
-            err.value(py),
-        )
+        Self::report(slf, method.call1((err.value(py),)).map(drop), &method, err.value(py))
     }
 
     /// Reports an exception from a protocol callback as asyncio's handle would.
@@ -202,9 +213,7 @@ impl DatagramTransport {
             (s.protocol.as_ref().map(|p| p.clone_ref(py)), s.protocol_connected)
         })?;
         let told = match protocol {
-            Some(p) if connected => in_context(py, &this.context, || {
-                p.bind(py).call_method1("connection_lost", (exc,)).map(drop)
-            }),
+            Some(p) if connected => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
             _ => Ok(()),
         };
         let (sock, protocol) = this.state.with(py, |s| {
@@ -224,12 +233,7 @@ impl DatagramTransport {
         let this = slf.get();
         if let Some(protocol) = this.protocol(py)? {
             let method = protocol.bind(py).getattr("connection_made")?;
-            Self::report(
-                slf,
-                in_context(py, &this.context, || method.call1((slf,)).map(drop)),
-                &method,
-                slf.as_any(),
-            )?;
+            Self::report(slf, method.call1((slf,)).map(drop), &method, slf.as_any())?;
         }
         this.state.with(py, |s| s.started = true)?;
         this.sync_interest(py)?;
@@ -262,7 +266,7 @@ impl DatagramTransport {
         };
         let addr = sockaddr::to_py(py, addr)?;
         let method = protocol.bind(py).getattr("datagram_received")?;
-        let result = in_context(py, &this.context, || method.call1((&data, &addr)).map(drop));
+        let result = method.call1((&data, &addr)).map(drop);
         Self::report(slf, result, &method, data.as_any())
     }
 
@@ -287,7 +291,7 @@ impl DatagramTransport {
                     })?;
                     break;
                 }
-                Sent::Failed(err) => return Self::error_received(slf, &err),
+                Sent::Failed(err) => return Self::send_failed(slf, &err),
             }
         }
         let resume = this.state.with(py, |s| {
@@ -316,6 +320,10 @@ impl DatagramTransport {
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
             IoOp::Eof => Ok(()),
         }
+    }
+
+    pub fn context(&self) -> &Py<PyAny> {
+        &self.context
     }
 
     pub fn wants(&self, py: Python<'_>) -> Interest {
@@ -425,7 +433,7 @@ impl DatagramTransport {
             match this.send_one(py, bytes.as_bytes(), addr.as_ref()) {
                 Sent::Done => return Ok(()),
                 Sent::Blocked => {}
-                Sent::Failed(err) => return Self::error_received(slf, &err),
+                Sent::Failed(err) => return Self::send_failed(slf, &err),
             }
         }
         let pause = this.state.with(py, |s| {

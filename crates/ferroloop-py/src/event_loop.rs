@@ -31,8 +31,10 @@ use crate::cell::AttachedCell;
 use crate::glue::{self, os_error};
 use crate::handle::{Callback, Handle, TimerHandle};
 use crate::owner::{IoOp, Owner};
+use crate::sockops;
 use crate::stream::MAX_READ;
 use crate::tasks;
+use crate::transport::is_exit;
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, 24 hours.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -44,8 +46,9 @@ pub enum Ready {
     /// Any object with `_run()` and `_cancelled`, e.g. the `asyncio.Handle` that asyncio's signal
     /// code passes to `_add_callback`.
     Foreign(Py<PyAny>),
-    /// Work for a transport or listener: readiness, its start, its connection loss.
-    Io(Owner, IoOp),
+    /// Work for a transport or listener: readiness, its start, its connection loss; with the
+    /// context it was scheduled from, where that matters (see `IoOp::ConnectionLost`).
+    Io(Owner, IoOp, Option<Py<PyAny>>),
 }
 
 /// What `_io_key` reports for an fd: `(selectors event mask, reader, writer)`.
@@ -223,9 +226,14 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Queues `op` for `owner` at the end of the ready queue, as `call_soon` would.
+    /// Queues `op` for `owner` at the end of the ready queue, as `call_soon` would (a connection
+    /// loss with a copy of the current context, as `call_soon` takes one).
     pub fn schedule(&self, py: Python<'_>, owner: Owner, op: IoOp) -> PyResult<()> {
-        self.state.with(py, |s| s.ready.push(Ready::Io(owner, op)))
+        let context = match op {
+            IoOp::ConnectionLost(_) => Some(copy_context(py)?),
+            _ => None,
+        };
+        self.state.with(py, |s| s.ready.push(Ready::Io(owner, op, context)))
     }
 
     /// A timer in the queue was cancelled: counts towards compaction.
@@ -340,10 +348,21 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         write: bool,
     ) -> PyResult<Py<Handle>> {
+        slf.get().check_closed()?;
+        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, write)
+    }
+
+    /// `_add_reader`/`_add_writer` for an fd already checked.
+    pub fn add_io_fd(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        write: bool,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
-        let fd = fileobj_to_fd(fd)?;
         let handle = Py::new(py, Self::new_handle(slf, callback, args, None)?)?;
         if let Some(old) = this.set_io_callback(py, fd, write, Some(handle.clone_ref(py)))? {
             Handle::cancel(old.bind(py))?;
@@ -357,8 +376,12 @@ impl LoopCore {
         if this.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd)?;
-        match this.set_io_callback(py, fd, write, None)? {
+        this.remove_io_fd(py, fileobj_to_fd(fd)?, write)
+    }
+
+    /// `_remove_reader`/`_remove_writer` for an fd already checked.
+    pub fn remove_io_fd(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
+        match self.set_io_callback(py, fd, write, None)? {
             Some(old) => {
                 Handle::cancel(old.bind(py))?;
                 Ok(true)
@@ -436,10 +459,10 @@ impl LoopCore {
                 }
                 if let Some(owner) = &entry.owner {
                     if ev.readable && entry.owner_interest.readable {
-                        s.ready.push(Ready::Io(owner.clone_ref(py), IoOp::Read));
+                        s.ready.push(Ready::Io(owner.clone_ref(py), IoOp::Read, None));
                     }
                     if ev.writable && entry.owner_interest.writable {
-                        s.ready.push(Ready::Io(owner.clone_ref(py), IoOp::Write));
+                        s.ready.push(Ready::Io(owner.clone_ref(py), IoOp::Write, None));
                     }
                 }
                 if changed {
@@ -488,7 +511,16 @@ impl LoopCore {
                         Handle::run(h)?;
                     }
                 }
-                Ready::Io(owner, op) => owner.run(py, op)?,
+                Ready::Io(owner, op, context) => {
+                    if let Err(err) = owner.run(py, op, context) {
+                        if is_exit(py, &err) {
+                            return Err(err);
+                        }
+                        // Nothing a transport raises may stop the loop: report it as asyncio
+                        // reports an exception from a callback.
+                        glue::helper(py, "report_call_error")?.call1((slf, owner.object(py), (), err.value(py)))?;
+                    }
+                }
                 Ready::Foreign(obj) => {
                     let obj = obj.bind(py);
                     if obj.getattr("_cancelled")?.is_truthy()? {
@@ -624,6 +656,45 @@ impl LoopCore {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         Self::schedule_at(slf, when.extract::<f64>()?, callback, args, context)
+    }
+
+    // The sock_* fast path (see `sockops`): a try that returns `None` when the socket is not
+    // ready, and a wait that returns a future. `NotImplemented`-like `None`s for buffers the
+    // fast path cannot take send the caller down asyncio's own path.
+
+    fn _sock_try_recv(slf: &Bound<'_, Self>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
+        sockops::try_recv(slf, fd, n)
+    }
+
+    fn _sock_wait_recv(slf: &Bound<'_, Self>, fd: RawFd, n: usize) -> PyResult<Py<PyAny>> {
+        sockops::wait_recv(slf, fd, n)
+    }
+
+    /// `(supported, result)`: `result` is the count, or `None` when not ready.
+    fn _sock_try_recv_into(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        buf: &Bound<'_, PyAny>,
+    ) -> PyResult<(bool, Option<Py<PyAny>>)> {
+        sockops::try_recv_into(slf, fd, buf)
+    }
+
+    fn _sock_wait_recv_into(slf: &Bound<'_, Self>, fd: RawFd, buf: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        sockops::wait_recv_into(slf, fd, buf)
+    }
+
+    /// `(sent, total)` bytes of `data` now, or `None` for data the fast path cannot take.
+    fn _sock_try_send(slf: &Bound<'_, Self>, fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<Option<(usize, usize)>> {
+        sockops::try_send(slf, fd, data)
+    }
+
+    fn _sock_wait_sendall(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        data: &Bound<'_, PyAny>,
+        sent: usize,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        sockops::wait_sendall(slf, fd, data, sent)
     }
 
     fn get_debug(&self) -> bool {
@@ -844,7 +915,10 @@ impl LoopCore {
             match item {
                 Ready::Native(h) => visit.call(h)?,
                 Ready::Foreign(o) => visit.call(o)?,
-                Ready::Io(owner, _) => owner.traverse(&visit)?,
+                Ready::Io(owner, _, context) => {
+                    owner.traverse(&visit)?;
+                    visit.call(context)?;
+                }
             }
         }
         for t in s.timers.iter() {

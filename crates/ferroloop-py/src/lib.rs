@@ -9,6 +9,7 @@ mod listener;
 mod owner;
 mod pipe;
 mod sockaddr;
+mod sockops;
 mod stream;
 mod tasks;
 mod transport;

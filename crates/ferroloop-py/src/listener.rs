@@ -21,7 +21,7 @@ use crate::event_loop::{copy_context, LoopCore};
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::sockaddr;
-use crate::transport::{fd_of, in_context, is_exit};
+use crate::transport::{fd_of, is_exit};
 
 /// Linux's `SOCK_NONBLOCK`, or-ed into the type given to `socket.socket(...)` so that Python
 /// knows the accepted socket is non-blocking without a `setblocking` call.
@@ -49,6 +49,10 @@ impl Listener {
         } else {
             Interest::NONE
         }
+    }
+
+    pub fn context(&self) -> &Py<PyAny> {
+        &self.context
     }
 
     pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
@@ -96,6 +100,20 @@ impl Listener {
         Ok(())
     }
 
+    /// `protocol_factory()` and a transport for it, as asyncio's `_accept_connection2` makes them.
+    fn make_transport(&self, py: Python<'_>, conn: &Bound<'_, PyAny>, peername: &Bound<'_, PyAny>) -> PyResult<()> {
+        let protocol = self.protocol_factory.bind(py).call0()?;
+        let extra = PyDict::new(py);
+        extra.set_item("peername", peername)?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("extra", extra)?;
+        kwargs.set_item("server", &self.server)?;
+        self.loop_
+            .bind(py)
+            .call_method("_make_socket_transport", (conn, protocol), Some(&kwargs))
+            .map(drop)
+    }
+
     /// Wraps one accepted connection and gives it a protocol and a transport.
     fn accepted(slf: &Bound<'_, Self>, conn_fd: RawFd, addr: Option<rustix::net::SocketAddrAny>) -> PyResult<()> {
         let py = slf.py();
@@ -113,18 +131,7 @@ impl Listener {
             }
         };
         let peername = sockaddr::to_py(py, addr)?;
-        let made = in_context(py, &this.context, || {
-            let protocol = this.protocol_factory.bind(py).call0()?;
-            let extra = PyDict::new(py);
-            extra.set_item("peername", &peername)?;
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("extra", extra)?;
-            kwargs.set_item("server", &this.server)?;
-            this.loop_
-                .bind(py)
-                .call_method("_make_socket_transport", (&conn, protocol), Some(&kwargs))
-                .map(drop)
-        });
+        let made = this.make_transport(py, &conn, &peername);
         match made {
             Ok(()) => Ok(()),
             Err(err) if is_exit(py, &err) => Err(err),

@@ -13,6 +13,7 @@ use crate::datagram::DatagramTransport;
 use crate::listener::Listener;
 use crate::pipe::{ReadPipeTransport, WritePipeTransport};
 use crate::stream::StreamTransport;
+use crate::transport::in_context;
 
 /// What the loop asks an owner to do.
 pub enum IoOp {
@@ -20,7 +21,8 @@ pub enum IoOp {
     Start(Option<Py<PyAny>>),
     Read,
     Write,
-    /// `connection_lost(exc)` and release the socket.
+    /// `connection_lost(exc)` and release the socket. It runs in the context it was scheduled
+    /// from, as asyncio's `call_soon(self._call_connection_lost, exc)` does.
     ConnectionLost(Option<Py<PyAny>>),
     /// `eof_received()` (a read pipe that hit end of file).
     Eof,
@@ -57,19 +59,49 @@ impl Owner {
         }
     }
 
-    pub fn run(&self, py: Python<'_>, op: IoOp) -> PyResult<()> {
+    /// The context the owner's work runs in: a copy of its creator's, as asyncio's reader and
+    /// writer handles run in a copy taken when the transport registered them.
+    fn context(&self, py: Python<'_>) -> Py<PyAny> {
+        match self {
+            Owner::Stream(t) => t.get().context().clone_ref(py),
+            Owner::Datagram(t) => t.get().context().clone_ref(py),
+            Owner::Listener(l) => l.get().context().clone_ref(py),
+            Owner::ReadPipe(t) => t.get().context().clone_ref(py),
+            Owner::WritePipe(t) => t.get().context().clone_ref(py),
+        }
+    }
+
+    /// Runs `op` in `context` (the context it was scheduled from, for a connection loss that a
+    /// `close()` asked for) or else in the owner's own context.
+    pub fn run(&self, py: Python<'_>, op: IoOp, context: Option<Py<PyAny>>) -> PyResult<()> {
         let wants = self.wants(py);
         match op {
             IoOp::Read if !wants.readable => return Ok(()),
             IoOp::Write if !wants.writable => return Ok(()),
             _ => {}
         }
+        let context = context.unwrap_or_else(|| self.context(py));
+        in_context(py, &context, || self.dispatch(py, op))
+    }
+
+    fn dispatch(&self, py: Python<'_>, op: IoOp) -> PyResult<()> {
         match self {
             Owner::Stream(t) => StreamTransport::run_op(t.bind(py), op),
             Owner::Datagram(t) => DatagramTransport::run_op(t.bind(py), op),
             Owner::Listener(l) => Listener::run_op(l.bind(py), op),
             Owner::ReadPipe(t) => ReadPipeTransport::run_op(t.bind(py), op),
             Owner::WritePipe(t) => WritePipeTransport::run_op(t.bind(py), op),
+        }
+    }
+
+    /// The Python object, for error reports.
+    pub fn object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self {
+            Owner::Stream(t) => t.bind(py).clone().into_any(),
+            Owner::Datagram(t) => t.bind(py).clone().into_any(),
+            Owner::Listener(l) => l.bind(py).clone().into_any(),
+            Owner::ReadPipe(t) => t.bind(py).clone().into_any(),
+            Owner::WritePipe(t) => t.bind(py).clone().into_any(),
         }
     }
 

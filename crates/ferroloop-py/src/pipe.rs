@@ -23,8 +23,7 @@ use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::stream::Chunk;
 use crate::transport::{
-    fd_of, flow_callback, in_context, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    fd_of, flow_callback, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// What both pipe transports hold besides their state.
@@ -89,7 +88,7 @@ fn call_protocol<'py>(
 ) -> PyResult<()> {
     let py = transport.py();
     let method = protocol.getattr(name)?;
-    match in_context(py, &common.context, || method.call1(args).map(drop)) {
+    match method.call1(args).map(drop) {
         Ok(()) => Ok(()),
         Err(err) if is_exit(py, &err) => Err(err),
         Err(err) => glue::helper(py, "report_call_error")?
@@ -219,9 +218,7 @@ impl ReadPipeTransport {
         let py = slf.py();
         let this = slf.get();
         let told = match this.protocol(py)? {
-            Some(p) => in_context(py, &this.common.context, || {
-                p.bind(py).call_method1("connection_lost", (exc,)).map(drop)
-            }),
+            Some(p) => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
             None => Ok(()),
         };
         let (pipe, protocol) = this.state.with(py, |s| {
@@ -268,6 +265,10 @@ impl ReadPipeTransport {
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
             IoOp::Write => Ok(()),
         }
+    }
+
+    pub fn context(&self) -> &Py<PyAny> {
+        &self.common.context
     }
 
     pub fn wants(&self, py: Python<'_>) -> Interest {
@@ -559,9 +560,7 @@ impl WritePipeTransport {
         let py = slf.py();
         let this = slf.get();
         let told = match this.protocol(py)? {
-            Some(p) => in_context(py, &this.common.context, || {
-                p.bind(py).call_method1("connection_lost", (exc,)).map(drop)
-            }),
+            Some(p) => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
             None => Ok(()),
         };
         let (pipe, protocol) = this.state.with(py, |s| {
@@ -611,6 +610,10 @@ impl WritePipeTransport {
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
             IoOp::Eof => Ok(()),
         }
+    }
+
+    pub fn context(&self) -> &Py<PyAny> {
+        &self.common.context
     }
 
     pub fn wants(&self, py: Python<'_>) -> Interest {

@@ -33,8 +33,7 @@ use crate::event_loop::{copy_context, LoopCore};
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::transport::{
-    fd_of, flow_callback, in_context, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    fd_of, flow_callback, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// asyncio's `max_size`: the most one read takes.
@@ -124,8 +123,8 @@ impl StreamTransport {
         self.loop_.get()
     }
 
-    fn in_context<R>(&self, py: Python<'_>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
-        in_context(py, &self.context, f)
+    pub fn context(&self) -> &Py<PyAny> {
+        &self.context
     }
 
     /// Tells the loop what to watch the fd for, if that changed.
@@ -184,9 +183,7 @@ impl StreamTransport {
         // connection_made runs as its own callback in asyncio: its exception is reported, and
         // reading starts regardless.
         if let Some(protocol) = this.protocol(py)? {
-            let made = this.in_context(py, || {
-                protocol.bind(py).call_method1("connection_made", (slf,)).map(drop)
-            });
+            let made = protocol.bind(py).call_method1("connection_made", (slf,)).map(drop);
             if let Err(err) = made {
                 if is_exit(py, &err) {
                     return Err(err);
@@ -258,7 +255,7 @@ impl StreamTransport {
         if data.as_bytes().is_empty() {
             return Self::on_eof(slf);
         }
-        if let Err(err) = this.in_context(py, || data_received.call1((data,)).map(drop)) {
+        if let Err(err) = data_received.call1((data,)).map(drop) {
             if is_exit(py, &err) {
                 return Err(err);
             }
@@ -274,19 +271,7 @@ impl StreamTransport {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let got = this.in_context(py, || {
-            let buf = get_buffer.call1((-1,))?;
-            let view = PyBuffer::<u8>::get(&buf)?;
-            if view.readonly() || !view.is_c_contiguous() {
-                return Err(PyTypeError::new_err(
-                    "get_buffer() must return a writable contiguous buffer",
-                ));
-            }
-            if view.len_bytes() == 0 {
-                return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
-            }
-            Ok(view)
-        });
+        let got = protocol_buffer(get_buffer);
         let view = match got {
             Ok(v) => v,
             Err(err) if is_exit(py, &err) => return Err(err),
@@ -304,7 +289,7 @@ impl StreamTransport {
         if n == 0 {
             return Self::on_eof(slf);
         }
-        if let Err(err) = this.in_context(py, || buffer_updated.call1((n,)).map(drop)) {
+        if let Err(err) = buffer_updated.call1((n,)).map(drop) {
             if is_exit(py, &err) {
                 return Err(err);
             }
@@ -323,7 +308,7 @@ impl StreamTransport {
         let Some(protocol) = this.protocol(py)? else {
             return Ok(());
         };
-        match this.in_context(py, || protocol.bind(py).call_method0("eof_received")?.is_truthy()) {
+        match protocol.bind(py).call_method0("eof_received").and_then(|keep| keep.is_truthy()) {
             Ok(true) => {
                 // Keep the connection open for writing; stop watching for reads.
                 this.state.with(py, |s| s.read_eof = true)?;
@@ -406,9 +391,7 @@ impl StreamTransport {
             (s.proto.as_ref().map(|p| p.protocol.clone_ref(py)), s.protocol_connected)
         })?;
         let told = match protocol {
-            Some(p) if connected => {
-                this.in_context(py, || p.bind(py).call_method1("connection_lost", (exc,)).map(drop))
-            }
+            Some(p) if connected => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
             _ => Ok(()),
         };
         // Whatever the protocol did, the socket is released (asyncio's `finally:`).
@@ -479,6 +462,21 @@ impl StreamTransport {
     pub fn wants(&self, py: Python<'_>) -> Interest {
         self.state.with(py, |s| s.wanted_interest()).unwrap_or(Interest::NONE)
     }
+}
+
+/// The buffer a `BufferedProtocol` gives for the next read, checked as asyncio checks it.
+fn protocol_buffer(get_buffer: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
+    let buf = get_buffer.call1((-1,))?;
+    let view = PyBuffer::<u8>::get(&buf)?;
+    if view.readonly() || !view.is_c_contiguous() {
+        return Err(PyTypeError::new_err(
+            "get_buffer() must return a writable contiguous buffer",
+        ));
+    }
+    if view.len_bytes() == 0 {
+        return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
+    }
+    Ok(view)
 }
 
 /// One vectored send, without SIGPIPE.
@@ -830,6 +828,12 @@ impl StreamTransport {
     #[getter]
     fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.closing)
+    }
+
+    /// The protocol was told to pause writing (asyncio's `_FlowControlMixin._protocol_paused`).
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.protocol_paused)
     }
 
     #[getter]

@@ -1,0 +1,59 @@
+"""The ``sock_recv``, ``sock_recv_into`` and ``sock_sendall`` fast path, as a mixin of ``Loop``.
+
+Each stays an ``async def`` (so ``create_task(loop.sock_recv(...))`` works as with asyncio), with
+asyncio's checks and messages; the syscalls and the wait are the Rust core's: a first try that
+says "not ready" without raising ``BlockingIOError``, then one future completed by a Rust reader
+or writer. Anything the fast path does not take (a closed socket, a negative size, a buffer that
+is not contiguous bytes) goes down asyncio's own path, which raises what asyncio raises.
+"""
+
+from asyncio import base_events, selector_events
+
+__all__ = ("SocketOpsMixin",)
+
+_base = selector_events.BaseSelectorEventLoop
+
+
+class SocketOpsMixin:
+    __slots__ = ()
+
+    async def sock_recv(self, sock, n):
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        fd = sock.fileno()
+        if fd < 0 or n < 0:
+            return await _base.sock_recv(self, sock, n)
+        data = self._sock_try_recv(fd, n)
+        if data is not None:
+            return data
+        self._ensure_fd_no_transport(fd)
+        return await self._sock_wait_recv(fd, n)
+
+    async def sock_recv_into(self, sock, buf):
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        fd = sock.fileno()
+        if fd >= 0:
+            supported, nbytes = self._sock_try_recv_into(fd, buf)
+            if supported:
+                if nbytes is not None:
+                    return nbytes
+                self._ensure_fd_no_transport(fd)
+                return await self._sock_wait_recv_into(fd, buf)
+        return await _base.sock_recv_into(self, sock, buf)
+
+    async def sock_sendall(self, sock, data):
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        fd = sock.fileno()
+        progress = self._sock_try_send(fd, data) if fd >= 0 else None
+        if progress is None:
+            return await _base.sock_sendall(self, sock, data)
+        sent, total = progress
+        if sent == total:
+            return
+        self._ensure_fd_no_transport(fd)
+        return await self._sock_wait_sendall(fd, data, sent)
