@@ -41,6 +41,8 @@ _ORACLE_SELECTORS = {
     "epoll": selectors.EpollSelector,
     "poll": selectors.PollSelector,
     "select": selectors.SelectSelector,
+    # io_uring's readiness mode behaves as epoll does (regular files are refused, closed fds too).
+    "io_uring": selectors.EpollSelector,
 }
 
 

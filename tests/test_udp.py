@@ -1,0 +1,361 @@
+"""Datagram endpoints: create_datagram_endpoint (local_addr, remote_addr, sock=, reuse_port,
+allow_broadcast, UNIX datagram sockets) and the DatagramTransport (sendto, datagram_received,
+error_received, get_write_buffer_size, close, abort), with asyncio's argument checks."""
+
+import asyncio
+import contextvars
+import errno
+import logging
+import os
+import shutil
+import socket
+import tempfile
+
+import pytest
+from helpers_net import iterations, leaked_fds, open_fds
+
+
+class Datagrams(asyncio.DatagramProtocol):
+    """Records callbacks in `calls`; datagrams and errors arrive through queues."""
+
+    def __init__(self):
+        self.calls = []
+        self.datagrams = asyncio.Queue()
+        self.errors = asyncio.Queue()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.calls.append("made")
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        assert type(data) is bytes
+        self.calls.append("datagram")
+        self.datagrams.put_nowait((data, addr))
+
+    def error_received(self, exc):
+        self.calls.append("error")
+        self.errors.put_nowait(exc)
+
+    def connection_lost(self, exc):
+        self.calls.append("lost")
+        self.lost.set_result(exc)
+
+
+def sockopt(transport, option):
+    return transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, option)
+
+
+def closed_udp_port():
+    with socket.socket(type=socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()
+
+
+@pytest.fixture
+def sock_dir():
+    path = tempfile.mkdtemp(prefix="fl-")
+    yield path
+    shutil.rmtree(path)
+
+
+def test_sendto_and_datagram_received(run, loop):
+    async def main():
+        a, pa = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
+        b, pb = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
+        a_addr, b_addr = a.get_extra_info("sockname"), b.get_extra_info("sockname")
+        assert a.get_extra_info("peername") is None
+        assert a.get_extra_info("socket").type == socket.SOCK_DGRAM
+        a.sendto(b"ping", b_addr)
+        a.sendto(bytearray(b"ping 2"), b_addr)
+        assert await pb.datagrams.get() == (b"ping", a_addr)
+        assert await pb.datagrams.get() == (b"ping 2", a_addr)
+        b.sendto(memoryview(b"pong"), a_addr)
+        assert await pa.datagrams.get() == (b"pong", b_addr)
+        big = bytes(range(256)) * 255  # 65280 bytes in one datagram
+        a.sendto(big, b_addr)
+        assert await pb.datagrams.get() == (big, a_addr)
+        assert a.get_write_buffer_size() == 0
+        for transport, protocol in ((a, pa), (b, pb)):
+            transport.close()
+            assert transport.is_closing()
+            assert await protocol.lost is None
+        assert pa.calls == ["made", "datagram", "lost"]
+
+    run(main())
+
+
+def test_remote_addr_connects_the_socket(run, loop):
+    async def main():
+        server, ps = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
+        address = server.get_extra_info("sockname")
+        client, pc = await loop.create_datagram_endpoint(Datagrams, remote_addr=address)
+        assert client.get_extra_info("peername") == address
+        client.sendto(b"to the peer")
+        client.sendto(b"named", address)
+        with pytest.raises(ValueError) as info:
+            client.sendto(b"elsewhere", ("127.0.0.1", 9))
+        assert str(info.value) == f"Invalid address: must be None or {address}"
+        assert await ps.datagrams.get() == (b"to the peer", client.get_extra_info("sockname"))
+        assert (await ps.datagrams.get())[0] == b"named"
+        server.sendto(b"reply", client.get_extra_info("sockname"))
+        assert await pc.datagrams.get() == (b"reply", address)
+        client.close()
+        server.close()
+        await pc.lost
+        await ps.lost
+
+    run(main())
+
+
+def test_error_received_for_a_port_unreachable(run, loop):
+    async def main():
+        transport, protocol = await loop.create_datagram_endpoint(
+            Datagrams, remote_addr=closed_udp_port()
+        )
+        transport.sendto(b"anyone?")  # the ICMP reply makes the next socket call fail
+        assert isinstance(await protocol.errors.get(), ConnectionRefusedError)
+        assert not transport.is_closing()  # errors on a datagram transport are not fatal
+        assert protocol.calls == ["made", "error"]
+        transport.close()
+        assert await protocol.lost is None
+
+    run(main())
+
+
+def test_error_received_for_an_oversized_datagram(run, loop):
+    async def main():
+        transport, protocol = await loop.create_datagram_endpoint(
+            Datagrams, local_addr=("127.0.0.1", 0)
+        )
+        transport.sendto(b"x" * 70000, transport.get_extra_info("sockname"))
+        exc = await protocol.errors.get()
+        assert type(exc) is OSError and exc.errno == errno.EMSGSIZE
+        assert not transport.is_closing()
+        transport.abort()
+        assert await protocol.lost is None
+        assert protocol.calls == ["made", "error", "lost"]
+
+    run(main())
+
+
+def test_endpoint_with_sock(run, loop):
+    async def main():
+        sock = socket.socket(type=socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        transport, protocol = await loop.create_datagram_endpoint(Datagrams, sock=sock)
+        assert sock.getblocking() is False
+        assert transport.get_extra_info("socket").fileno() == sock.fileno()
+        assert transport.get_extra_info("sockname") == sock.getsockname()
+        transport.sendto(b"self", sock.getsockname())
+        assert await protocol.datagrams.get() == (b"self", sock.getsockname())
+        transport.close()
+        await protocol.lost
+        assert sock.fileno() == -1
+
+    run(main())
+
+
+def test_endpoint_bad_arguments(run, loop):
+    with socket.socket(type=socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+        cases = [
+            ({"sock": tcp}, ValueError, f"A UDP Socket was expected, got {tcp!r}"),
+            ({"sock": udp, "local_addr": ("127.0.0.1", 0), "reuse_port": True}, ValueError,
+             "socket modifier keyword arguments can not be used when sock is specified. "
+             "(local_addr=('127.0.0.1', 0), reuse_port=True)"),
+            ({}, ValueError, "unexpected address family"),
+            ({"local_addr": ("127.0.0.1",)}, TypeError, "2-tuple is expected"),
+            ({"remote_addr": "127.0.0.1:9"}, TypeError, "2-tuple is expected"),
+            ({"family": socket.AF_UNIX, "local_addr": ("127.0.0.1", 0)}, TypeError, "string is expected"),
+        ]  # fmt: skip
+        for kwargs, exc_type, message in cases:
+            with pytest.raises(exc_type) as info:
+                run(loop.create_datagram_endpoint(Datagrams, **kwargs))
+            assert str(info.value) == message
+        assert udp.fileno() >= 0 and tcp.fileno() >= 0
+
+
+def test_sendto_argument_types(run, loop):
+    async def main():
+        transport, protocol = await loop.create_datagram_endpoint(
+            Datagrams, local_addr=("127.0.0.1", 0)
+        )
+        for bad in ("text", 3, None):
+            with pytest.raises(TypeError) as info:
+                transport.sendto(bad, ("127.0.0.1", 9))
+            assert str(info.value) == (
+                f"data argument must be a bytes-like object, not {type(bad).__name__!r}"
+            )
+        transport.sendto(b"", transport.get_extra_info("sockname"))  # ignored
+        transport.sendto(b"after", transport.get_extra_info("sockname"))
+        assert (await protocol.datagrams.get())[0] == b"after"
+        transport.close()
+        await protocol.lost
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("addr", "exc_type"), [(None, TypeError), (("127.0.0.1", 70000), OverflowError)]
+)
+def test_sendto_an_invalid_address_is_fatal(run, loop, addr, exc_type):
+    # socket.sendto() raises something other than an OSError: asyncio reports it as a fatal
+    # error and closes the transport, where an OSError would go to error_received().
+    async def main():
+        handled = []
+        loop.set_exception_handler(lambda _loop, context: handled.append(context))
+        transport, protocol = await loop.create_datagram_endpoint(
+            Datagrams, local_addr=("127.0.0.1", 0)
+        )
+        transport.sendto(b"where to?", addr)  # unconnected, so an address is needed
+        await iterations()
+        assert protocol.lost.done()
+        exc = protocol.lost.result()
+        assert type(exc) is exc_type
+        assert [(c["message"], c["exception"]) for c in handled] == [
+            ("Fatal write error on datagram transport", exc)
+        ]
+        assert handled[0]["transport"] is transport and handled[0]["protocol"] is protocol
+        assert protocol.calls == ["made", "lost"] and transport.is_closing()
+
+    run(main())
+
+
+def test_reuse_port(run, loop):
+    async def main():
+        first, p1 = await loop.create_datagram_endpoint(
+            Datagrams, local_addr=("127.0.0.1", 0), reuse_port=True
+        )
+        address = first.get_extra_info("sockname")
+        second, p2 = await loop.create_datagram_endpoint(
+            Datagrams, local_addr=address, reuse_port=True
+        )
+        assert second.get_extra_info("sockname") == address
+        assert sockopt(first, socket.SO_REUSEPORT) == sockopt(second, socket.SO_REUSEPORT) == 1
+        with pytest.raises(OSError) as info:  # without reuse_port, the address is taken
+            await loop.create_datagram_endpoint(Datagrams, local_addr=address)
+        assert info.value.errno == errno.EADDRINUSE
+        for transport, protocol in ((first, p1), (second, p2)):
+            transport.close()
+            await protocol.lost
+
+    run(main())
+
+
+def test_allow_broadcast(run, loop):
+    async def main():
+        server, ps = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
+        assert sockopt(server, socket.SO_BROADCAST) == 0
+        address = server.get_extra_info("sockname")
+        client, pc = await loop.create_datagram_endpoint(
+            Datagrams, remote_addr=address, allow_broadcast=True
+        )
+        assert sockopt(client, socket.SO_BROADCAST) != 0
+        assert client.get_extra_info("peername") is None  # with allow_broadcast: not connected
+        client.sendto(b"to the remote address")
+        assert (await ps.datagrams.get())[0] == b"to the remote address"
+        for transport, protocol in ((client, pc), (server, ps)):
+            transport.close()
+            await protocol.lost
+
+    run(main())
+
+
+def test_writes_to_a_closed_connected_endpoint_are_logged(run, loop, caplog):
+    async def main():
+        transport, protocol = await loop.create_datagram_endpoint(
+            Datagrams, remote_addr=closed_udp_port()
+        )
+        transport.close()
+        await protocol.lost
+        counts = []
+        for _ in range(7):
+            transport.sendto(b"lost")  # never raises
+            counts.append(caplog.text.count("socket.send() raised exception."))
+        assert counts == [0, 0, 0, 0, 1, 2, 3]
+
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    run(main())
+
+
+VAR = contextvars.ContextVar("VAR", default="unset")
+
+
+class ContextDatagrams(Datagrams):
+    """Also records (callback, value of VAR) for every callback in `seen`."""
+
+    def connection_made(self, transport):
+        self.seen = [("made", VAR.get())]
+        super().connection_made(transport)
+
+    def datagram_received(self, data, addr):
+        self.seen.append(("datagram", VAR.get()))
+        super().datagram_received(data, addr)
+
+    def connection_lost(self, exc):
+        self.seen.append(("lost", VAR.get()))
+        super().connection_lost(exc)
+
+
+def test_callback_contexts(run, loop):
+    # Callbacks run in the context the endpoint was created in, except connection_lost(),
+    # which close() schedules with call_soon() from its caller's context.
+    async def main():
+        VAR.set("creator")
+        transport, protocol = await loop.create_datagram_endpoint(
+            ContextDatagrams, local_addr=("127.0.0.1", 0)
+        )
+        VAR.set("sender")
+        transport.sendto(b"self", transport.get_extra_info("sockname"))
+        await protocol.datagrams.get()
+        VAR.set("closer")
+        transport.close()
+        VAR.set("after")
+        await protocol.lost
+        assert protocol.seen == [("made", "creator"), ("datagram", "creator"), ("lost", "closer")]
+
+    run(main())
+
+
+def test_unix_datagram_endpoints(run, loop, sock_dir):
+    a_path, b_path = os.path.join(sock_dir, "a"), os.path.join(sock_dir, "b")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stale:
+        stale.bind(a_path)  # left behind, and removed by create_datagram_endpoint
+
+    async def main():
+        unix = socket.AF_UNIX
+        a, pa = await loop.create_datagram_endpoint(Datagrams, local_addr=a_path, family=unix)
+        b, pb = await loop.create_datagram_endpoint(Datagrams, local_addr=b_path, family=unix)
+        assert a.get_extra_info("sockname") == a_path
+        a.sendto(b"hello b", b_path)
+        assert await pb.datagrams.get() == (b"hello b", a_path)
+        c, pc = await loop.create_datagram_endpoint(Datagrams, remote_addr=a_path, family=unix)
+        assert c.get_extra_info("peername") == a_path
+        c.sendto(b"from an unbound socket")
+        data, addr = await pa.datagrams.get()
+        assert data == b"from an unbound socket" and not addr  # None or "": no name
+        for transport, protocol in ((a, pa), (b, pb), (c, pc)):
+            transport.close()
+            assert await protocol.lost is None
+
+    run(main())
+
+
+def test_datagram_endpoints_leak_no_fd(run, loop):
+    async def main():
+        before = open_fds()
+        target = closed_udp_port()
+        for i in range(10):
+            kwargs = {"remote_addr": target} if i % 2 else {"local_addr": ("127.0.0.1", 0)}
+            transport, protocol = await loop.create_datagram_endpoint(Datagrams, **kwargs)
+            transport.sendto(b"x", target)
+            if i % 3:
+                transport.abort()
+            else:
+                transport.close()
+            await protocol.lost
+        with pytest.raises(OSError):
+            await loop.create_datagram_endpoint(Datagrams, local_addr=("192.0.2.1", 0))
+        assert leaked_fds(before) == set()
+
+    run(main())
