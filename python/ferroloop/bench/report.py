@@ -229,7 +229,8 @@ def write(out_dir, meta, records, rows, families, loops, baseline, head_to_head,
     md.append(
         f"| options | echo: {opts['conns']} connections, {opts['warmup']} s warm-up + "
         f"{opts['duration']} s per run; micro: {opts['micro_time']} s per run; up to "
-        f"{opts['quiet_wait']} s wait for other processes to go idle before each run |"
+        f"{opts['quiet_wait']} s wait for other processes to go idle before each run and "
+        f"{opts['retries']} retry of a disturbed run |"
     )
     md += ["", "## How to read", "", HOW_TO_READ]
 

@@ -32,8 +32,8 @@ PROFILES = {
         "warmup": 0.3,
         "duration": 1.0,
         "micro_time": 0.5,
-        "quiet_wait": 2.0,
-        "retries": 2,
+        "quiet_wait": 1.0,
+        "retries": 1,
     },
     "quick": {
         "reps": 1,
@@ -72,7 +72,7 @@ def parse_args(argv):
     parser.add_argument(
         "--quiet-wait",
         type=float,
-        help="seconds to wait for other processes to go idle before each run (full: 2, quick: 0.5)",
+        help="seconds to wait for other processes to go idle before each run (full: 1, quick: 0.5)",
     )
     parser.add_argument(
         "--nice",
@@ -84,7 +84,7 @@ def parse_args(argv):
     parser.add_argument(
         "--retries",
         type=int,
-        help="repeats of a run disturbed by other processes (full: 2, quick: 1)",
+        help="repeats of a run disturbed by other processes (default 1)",
     )
     args = parser.parse_args(argv)
     for key, value in PROFILES["quick" if args.quick else "full"].items():
