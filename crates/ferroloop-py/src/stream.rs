@@ -308,7 +308,11 @@ impl StreamTransport {
         let Some(protocol) = this.protocol(py)? else {
             return Ok(());
         };
-        match protocol.bind(py).call_method0("eof_received").and_then(|keep| keep.is_truthy()) {
+        match protocol
+            .bind(py)
+            .call_method0("eof_received")
+            .and_then(|keep| keep.is_truthy())
+        {
             Ok(true) => {
                 // Keep the connection open for writing; stop watching for reads.
                 this.state.with(py, |s| s.read_eof = true)?;
