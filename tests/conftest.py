@@ -41,8 +41,8 @@ _ORACLE_SELECTORS = {
     "epoll": selectors.EpollSelector,
     "poll": selectors.PollSelector,
     "select": selectors.SelectSelector,
-    # io_uring's readiness mode behaves as epoll does (regular files are refused, closed fds too).
-    "io_uring": selectors.EpollSelector,
+    # io_uring's POLL_ADD, like poll(), takes regular files (always ready).
+    "io_uring": selectors.PollSelector,
 }
 
 

@@ -78,7 +78,12 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
     def __init__(self, *, backend=None):
         if backend is None:
             backend = os.environ.get(BACKEND_ENV) or backends()[0]
-        self._core_init(backend)
+        try:
+            self._core_init(backend)
+        except BaseException:
+            # Nothing was set up: mark the loop closed so that __del__ has nothing to do.
+            self._closed = True
+            raise
         #: fd -> the Rust Listener accepting on it, for _stop_serving.
         self._listeners = {}
         self._children = _children.ChildWatcher(self)

@@ -41,10 +41,15 @@ impl Waker {
 
     /// Resets the eventfd after the driver saw it readable (it is level-triggered).
     pub fn drain(&self) {
-        self.pending.store(false, Ordering::Release);
         let mut buf = [0u8; 8];
         // NOTE: EAGAIN means another drain got there first; nothing else can fail on an eventfd.
         let _ = rustix::io::read(&self.fd, &mut buf);
+        // NOTE: cleared only after the read. Cleared before it, a wake landing in between would
+        // set `pending` and write, the read would swallow that write, and `pending` would stay
+        // set over an empty eventfd: every later wake would be skipped. In this order a wake
+        // that lands in between is skipped once, harmlessly: what it announced is already
+        // queued, and the loop looks at its queue before it waits again.
+        self.pending.store(false, Ordering::Release);
     }
 
     #[must_use]

@@ -34,6 +34,24 @@ fn readable(token: usize) -> Event {
     }
 }
 
+fn writable(token: usize) -> Event {
+    Event {
+        token,
+        readable: false,
+        writable: true,
+    }
+}
+
+/// What a non-blocking read of `peer` gives: `Ok(0)` once the other end's file is closed.
+fn peer_read(peer: &UnixStream) -> std::io::ErrorKind {
+    peer.set_nonblocking(true).unwrap();
+    match (&*peer).read(&mut [0u8; 1]) {
+        Ok(0) => std::io::ErrorKind::UnexpectedEof,
+        Ok(_) => std::io::ErrorKind::Other,
+        Err(e) => e.kind(),
+    }
+}
+
 /// Raises the soft limit on open fds to at least `want`; false (with the reason printed) if the
 /// hard limit does not allow it. Serialised, so that two tests cannot lower each other's limit.
 fn raise_fd_limit(want: u64) -> bool {
@@ -196,7 +214,8 @@ fn regular_files_are_refused_by_epoll_and_always_ready_otherwise() {
             assert_eq!(added.unwrap_err().raw_os_error(), Some(EPERM));
             continue;
         }
-        // poll and select follow POSIX: a regular file is always readable and writable.
+        // poll and select follow POSIX: a regular file is always readable and writable. io_uring's
+        // POLL_ADD does the same (the kernel's default mask for a file without a poll method).
         added.unwrap();
         let all = Event {
             token: 4,
@@ -275,9 +294,12 @@ fn fd_closed_while_registered() {
         d.add(fd, 5, Interest::READABLE).unwrap();
         drop(high);
         let ev = poll(&d, Duration::ZERO);
-        if b == Backend::Epoll {
-            // The kernel drops the registration with the last reference to the file.
-            assert!(ev.is_empty());
+        if matches!(b, Backend::Epoll | Backend::IoUring) {
+            // epoll: the kernel drops the registration with the last reference to the file.
+            // io_uring: the poll is armed at this wait, after the close, and fails with EBADF; the
+            // registration goes quiet as epoll's does (`fd_closed_while_armed` covers the other
+            // order).
+            assert!(ev.is_empty(), "{b:?}");
         } else {
             // POLLNVAL / EBADF: reported to the token, so the caller's next syscall fails and it
             // deletes the fd, instead of waits that return at once with nothing to show.
@@ -352,7 +374,7 @@ fn sources_skip_unchanged_interest() {
 #[test]
 fn unknown_backend_name_is_explained() {
     let err = "kqueue2".parse::<Backend>().unwrap_err();
-    assert!(err.contains("epoll, poll, select"), "{err}");
+    assert!(err.contains("epoll, poll, select, io_uring"), "{err}");
     for &b in Backend::ALL {
         assert_eq!(b.name().parse::<Backend>(), Ok(b));
     }
@@ -379,5 +401,159 @@ fn delete_during_a_blocked_wait_is_not_reported() {
         std::thread::sleep(Duration::from_millis(50));
         d.waker().wake().unwrap();
         assert!(waiter.join().unwrap().is_empty(), "{b:?}");
+    }
+}
+
+#[test]
+fn fd_closed_while_armed() {
+    for b in backends() {
+        let d = Driver::new(b).unwrap();
+        let (a, peer) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        d.add(fd, 1, Interest::READABLE).unwrap();
+        assert!(poll(&d, Duration::ZERO).is_empty(), "{b:?}"); // io_uring: the poll is armed now
+        drop(a);
+        if b == Backend::IoUring {
+            // The armed poll holds a reference to the file, so closing the fd does not close it.
+            assert_eq!(peer_read(&peer), std::io::ErrorKind::WouldBlock);
+        } else {
+            assert_eq!(peer_read(&peer), std::io::ErrorKind::UnexpectedEof, "{b:?}");
+        }
+        // delete releases the file at once, not at the next wait.
+        d.delete(fd).unwrap();
+        assert_eq!(peer_read(&peer), std::io::ErrorKind::UnexpectedEof, "{b:?}");
+    }
+}
+
+#[test]
+fn delete_then_close_closes_the_file_at_once() {
+    for b in backends() {
+        let d = Driver::new(b).unwrap();
+        let (a, peer) = UnixStream::pair().unwrap();
+        d.add(a.as_raw_fd(), 1, Interest::READABLE).unwrap();
+        assert!(poll(&d, Duration::ZERO).is_empty(), "{b:?}");
+        d.delete(a.as_raw_fd()).unwrap();
+        drop(a);
+        assert_eq!(peer_read(&peer), std::io::ErrorKind::UnexpectedEof, "{b:?}");
+    }
+}
+
+#[test]
+fn stale_readiness_never_reaches_a_new_registration() {
+    for b in backends() {
+        let d = Driver::new(b).unwrap();
+        let (a, mut w) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        d.add(fd, 1, Interest::READABLE).unwrap();
+        assert!(poll(&d, Duration::ZERO).is_empty(), "{b:?}");
+        // io_uring: the armed poll completes here and its CQE waits in the ring, tagged token 1.
+        w.write_all(b"x").unwrap();
+        d.modify(fd, 2, Interest::READABLE).unwrap();
+        assert_eq!(poll(&d, Duration::from_secs(5)), vec![readable(2)], "{b:?}: once, as 2");
+        (&a).read_exact(&mut [0u8; 1]).unwrap();
+        assert!(poll(&d, Duration::ZERO).is_empty(), "{b:?}");
+        w.write_all(b"x").unwrap();
+        d.delete(fd).unwrap();
+        d.add(fd, 3, Interest::WRITABLE).unwrap();
+        assert_eq!(poll(&d, Duration::from_secs(5)), vec![writable(3)], "{b:?}");
+    }
+}
+
+#[test]
+fn registrations_outlive_the_thread_that_made_them() {
+    for b in backends() {
+        let (a, mut w) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        // io_uring completes a request as task work of the thread that submitted it: here the
+        // waker's poll and the socket's poll are submitted by a thread that then exits.
+        let d = std::thread::spawn(move || {
+            let d = Driver::new(b).unwrap();
+            d.add(fd, 1, Interest::READABLE).unwrap();
+            assert!(poll(&d, Duration::ZERO).is_empty(), "{b:?}");
+            d
+        })
+        .join()
+        .unwrap();
+        w.write_all(b"x").unwrap();
+        assert_eq!(poll(&d, Duration::from_secs(5)), vec![readable(1)], "{b:?}");
+        (&a).read_exact(&mut [0u8; 1]).unwrap();
+        let waker = Arc::clone(d.waker());
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            waker.wake().unwrap();
+        });
+        let start = Instant::now();
+        assert!(poll(&d, Duration::from_secs(30)).is_empty(), "{b:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{b:?}: the wake must end the wait"
+        );
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn modify_replaces_an_armed_poll() {
+    for b in backends() {
+        let d = Driver::new(b).unwrap();
+        let (a, mut w) = UnixStream::pair().unwrap();
+        d.add(a.as_raw_fd(), 1, Interest::READABLE).unwrap();
+        assert!(poll(&d, Duration::ZERO).is_empty(), "{b:?}");
+        d.modify(a.as_raw_fd(), 2, Interest::WRITABLE).unwrap();
+        w.write_all(b"x").unwrap();
+        // Readable too by now, but only writability is watched.
+        assert_eq!(poll(&d, Duration::from_secs(5)), vec![writable(2)], "{b:?}");
+        assert_eq!(poll(&d, Duration::ZERO), vec![writable(2)], "{b:?}: level-triggered");
+    }
+}
+
+#[test]
+fn io_uring_is_available_or_says_why() {
+    let available = Backend::available().contains(&Backend::IoUring);
+    match Driver::new(Backend::IoUring) {
+        Ok(d) => {
+            assert_eq!(d.backend(), Backend::IoUring);
+            assert!(available);
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("use the epoll backend instead"), "{msg}");
+            assert!(!available, "{msg}");
+            eprintln!("io_uring is not available here: {msg}");
+        }
+    }
+}
+
+#[test]
+fn wakes_racing_a_drain_are_never_lost() {
+    // Regression test: Waker::drain used to clear `pending` and then read the eventfd, so a wake
+    // landing between the two had its write consumed by that read and left `pending` set over an
+    // empty eventfd: every later wake was skipped and a blocked wait was never woken again.
+    // (io_uring's poll reports the wake-up itself, not the eventfd's state afterwards.)
+    for b in backends() {
+        let d = Arc::new(Driver::new(b).unwrap());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammers: Vec<_> = (0..2)
+            .map(|_| {
+                let (waker, stop) = (Arc::clone(d.waker()), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        waker.wake().unwrap();
+                    }
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        let mut stuck = None;
+        while stuck.is_none() && start.elapsed() < Duration::from_secs(2) {
+            let t = Instant::now();
+            poll(&d, Duration::from_secs(1));
+            stuck = (t.elapsed() >= Duration::from_secs(1)).then_some(start.elapsed());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in hammers {
+            h.join().unwrap();
+        }
+        assert_eq!(stuck, None, "{b:?}: the waker stopped waking");
     }
 }

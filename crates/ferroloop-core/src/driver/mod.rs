@@ -15,14 +15,20 @@
 //! | [`Backend::Epoll`] (default) | O(ready fds) | refused (`EPERM`) | the kernel drops the registration |
 //! | [`Backend::Poll`] | O(registered fds) | accepted, always ready | `POLLNVAL`: reported readable and writable |
 //! | [`Backend::Select`] | O(highest fd) | accepted, always ready | `EBADF`: reported readable and writable |
+//! | [`Backend::IoUring`] (Linux) | O(ready fds) | accepted, always ready | an armed poll keeps the file open until `delete`; else it goes quiet |
 //!
-//! `poll` and `select` keep their registrations in user space, behind a mutex that a blocked wait
-//! does not hold; see their module docs for what a registration changed during a wait does. The
-//! `select` driver has no `FD_SETSIZE` (1024) limit: it sizes its fd sets to the highest fd.
+//! `poll`, `select` and `io_uring` keep their registrations in user space, behind a mutex that a
+//! blocked wait does not hold; see their module docs for what a registration changed during a wait
+//! does. The `select` driver has no `FD_SETSIZE` (1024) limit: it sizes its fd sets to the highest
+//! fd. The `io_uring` driver is readiness-based (one-shot `POLL_ADD`s re-armed after each report);
+//! [`Driver::new`] fails with the reason, and [`Backend::available`] leaves it out, where the
+//! kernel refuses `io_uring` or lacks what it needs.
 
 mod epoll;
 mod poll;
 mod select;
+#[cfg(target_os = "linux")]
+mod uring;
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -45,11 +51,14 @@ pub enum Backend {
     Poll,
     /// POSIX `select`, with fd sets sized to the highest fd rather than `FD_SETSIZE`.
     Select,
+    /// Linux `io_uring`: one-shot `POLL_ADD`s, re-armed after each report. Linux 5.13+, and not
+    /// where `kernel.io_uring_disabled` or a seccomp filter refuses it.
+    IoUring,
 }
 
 impl Backend {
     /// Every backend this build knows, whether or not this machine offers it.
-    pub const ALL: &'static [Backend] = &[Backend::Epoll, Backend::Poll, Backend::Select];
+    pub const ALL: &'static [Backend] = &[Backend::Epoll, Backend::Poll, Backend::Select, Backend::IoUring];
 
     /// The name users pass to choose it (`FERROLOOP_BACKEND`, `new_event_loop(backend=...)`).
     #[must_use]
@@ -58,6 +67,7 @@ impl Backend {
             Backend::Epoll => "epoll",
             Backend::Poll => "poll",
             Backend::Select => "select",
+            Backend::IoUring => "io_uring",
         }
     }
 
@@ -76,6 +86,7 @@ impl FromStr for Backend {
             "epoll" => Ok(Backend::Epoll),
             "poll" => Ok(Backend::Poll),
             "select" => Ok(Backend::Select),
+            "io_uring" => Ok(Backend::IoUring),
             other => {
                 let known: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
                 Err(format!(
@@ -133,6 +144,8 @@ pub enum Driver {
     Epoll(epoll::Epoll),
     Poll(poll::Poll),
     Select(select::Select),
+    #[cfg(target_os = "linux")]
+    IoUring(uring::Uring),
 }
 
 impl Driver {
@@ -142,6 +155,13 @@ impl Driver {
             Backend::Epoll => Ok(Driver::Epoll(epoll::Epoll::new()?)),
             Backend::Poll => Ok(Driver::Poll(poll::Poll::new()?)),
             Backend::Select => Ok(Driver::Select(select::Select::new()?)),
+            #[cfg(target_os = "linux")]
+            Backend::IoUring => Ok(Driver::IoUring(uring::Uring::new()?)),
+            #[cfg(not(target_os = "linux"))]
+            Backend::IoUring => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring backend unavailable: io_uring exists only on Linux",
+            )),
         }
     }
 
@@ -151,6 +171,8 @@ impl Driver {
             Driver::Epoll(_) => Backend::Epoll,
             Driver::Poll(_) => Backend::Poll,
             Driver::Select(_) => Backend::Select,
+            #[cfg(target_os = "linux")]
+            Driver::IoUring(_) => Backend::IoUring,
         }
     }
 
@@ -160,6 +182,8 @@ impl Driver {
             Driver::Epoll(d) => d.add(fd, token, interest),
             Driver::Poll(d) => d.add(fd, token, interest),
             Driver::Select(d) => d.add(fd, token, interest),
+            #[cfg(target_os = "linux")]
+            Driver::IoUring(d) => d.add(fd, token, interest),
         }
     }
 
@@ -169,6 +193,8 @@ impl Driver {
             Driver::Epoll(d) => d.modify(fd, token, interest),
             Driver::Poll(d) => d.modify(fd, token, interest),
             Driver::Select(d) => d.modify(fd, token, interest),
+            #[cfg(target_os = "linux")]
+            Driver::IoUring(d) => d.modify(fd, token, interest),
         }
     }
 
@@ -179,6 +205,8 @@ impl Driver {
             Driver::Epoll(d) => d.delete(fd),
             Driver::Poll(d) => d.delete(fd),
             Driver::Select(d) => d.delete(fd),
+            #[cfg(target_os = "linux")]
+            Driver::IoUring(d) => d.delete(fd),
         }
     }
 
@@ -191,6 +219,8 @@ impl Driver {
             Driver::Epoll(d) => d.wait(events, timeout),
             Driver::Poll(d) => d.wait(events, timeout),
             Driver::Select(d) => d.wait(events, timeout),
+            #[cfg(target_os = "linux")]
+            Driver::IoUring(d) => d.wait(events, timeout),
         }
     }
 
@@ -201,6 +231,8 @@ impl Driver {
             Driver::Epoll(d) => d.waker(),
             Driver::Poll(d) => d.waker(),
             Driver::Select(d) => d.waker(),
+            #[cfg(target_os = "linux")]
+            Driver::IoUring(d) => d.waker(),
         }
     }
 }
