@@ -25,7 +25,7 @@ PY_DIRS := $(wildcard python tests scripts bench)
 MODULES ?=
 CONFORMANCE_ARGS ?=
 
-.PHONY: help venv dev test test-rust test-py conformance lint fmt bench clean
+.PHONY: help venv dev test test-rust test-py test-backends conformance lint fmt bench clean
 
 help: ## List the targets with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -42,7 +42,7 @@ dev: venv ## Build ferroloop (release) and install it into .venv
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 		$(VENV)/bin/maturin develop --release
 
-test: test-rust test-py conformance ## Run the whole suite: Rust, pytest, uvloop conformance
+test: test-rust test-py conformance test-backends ## Run the whole suite: Rust, pytest, uvloop conformance, every backend
 
 test-rust: ## Rust unit and integration tests of ferroloop-core
 	cargo test -p ferroloop-core
@@ -55,6 +55,15 @@ test-py: dev ## Python tests (tests/) against the installed build
 conformance: dev ## uvloop's test suite on ferroloop vs asyncio; fails on any regression
 	$(VPY) scripts/conformance.py --python $(VPY) \
 		$(if $(strip $(MODULES)),--modules $(MODULES)) $(CONFORMANCE_ARGS)
+
+test-backends: dev ## pytest and uvloop's suite again on every other backend this machine offers
+	@backends=$$($(VPY) -c "import ferroloop; print(' '.join(b for b in ferroloop.backends() if b != 'epoll'))"); \
+	for b in $$backends; do \
+		echo "== backend $$b"; \
+		FERROLOOP_BACKEND=$$b $(VPY) -m pytest tests -q || exit 1; \
+		FERROLOOP_BACKEND=$$b $(VPY) scripts/conformance.py --python $(VPY) \
+			--baseline-json target/conformance/baseline.json || exit 1; \
+	done
 
 lint: venv ## cargo fmt --check, clippy -D warnings, ruff check and ruff format --check
 	cargo fmt --all -- --check $(if $(CI),--color never)
