@@ -302,3 +302,11 @@ def test_closed_loop(loop, pipe):
         loop.add_writer(w, print)
     assert loop.remove_reader(r) is False
     assert loop.remove_writer(w) is False
+
+
+@pytest.mark.parametrize("method", ["reader", "writer"])
+def test_fds_past_a_c_int(loop, method):
+    # The selectors say so with OverflowError; removing such an fd finds nothing to remove.
+    with pytest.raises(OverflowError):
+        getattr(loop, f"add_{method}")(2**40, print)
+    assert getattr(loop, f"remove_{method}")(2**40) is False

@@ -21,7 +21,7 @@ use ferroloop_core::driver::{Backend, Driver, Event, Interest};
 use ferroloop_core::ready::ReadyQueue;
 use ferroloop_core::sources::Sources;
 use ferroloop_core::timer::TimerQueue;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
@@ -140,7 +140,8 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     if fd < 0 {
         return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
-    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+    // What the selectors' C calls say of an fd past a C int.
+    RawFd::try_from(fd).map_err(|_| PyOverflowError::new_err("Python int too large to convert to C int"))
 }
 
 impl LoopCore {
@@ -376,7 +377,12 @@ impl LoopCore {
         if this.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        this.remove_io_fd(py, fileobj_to_fd(fd)?, write)
+        match fileobj_to_fd(fd) {
+            Ok(fd) => this.remove_io_fd(py, fd, write),
+            // Too large to be registered, so not registered (asyncio's selector finds no key).
+            Err(e) if e.is_instance_of::<PyOverflowError>(py) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// `_remove_reader`/`_remove_writer` for an fd already checked.
