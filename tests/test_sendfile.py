@@ -67,6 +67,27 @@ def test_loop_sendfile(run, loop, content_file, offset, count, start, end):
     run(main(), timeout=30)
 
 
+def test_transport_reads_again_after_sendfile(run, loop, content_file):
+    # Regression test: with the transport paused for sendfile, removing sendfile's writer made
+    # ferroloop forget the fd, so data the peer sent afterwards never reached the protocol
+    # (found by aiohttp serving a file on a kept-alive connection).
+    path, content = content_file
+
+    async def main():
+        transport, protocol, peer = await connected_pair()
+        with peer:
+            with open(path, "rb") as f:
+                assert await loop.sendfile(transport, f, 0, 1000) == 1000
+            assert await loop.sock_recv(peer, 1000) == content[:1000]
+            await loop.sock_sendall(peer, b"next request")
+            await protocol.received(len(b"next request"))
+            assert bytes(protocol.data) == b"next request"
+            transport.close()
+            assert await protocol.lost is None
+
+    run(main())
+
+
 @pytest.mark.parametrize("fallback", [True, False])
 def test_loop_sendfile_of_a_file_that_is_not_regular(run, loop, fallback):
     async def main():

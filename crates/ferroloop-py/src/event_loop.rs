@@ -316,9 +316,12 @@ impl LoopCore {
                 let slot = if write { &mut entry.writer } else { &mut entry.reader };
                 let old = std::mem::replace(slot, handle);
                 let interest = entry.interest();
+                // NOTE: not "no interest": a paused transport still owns its fd (asyncio's
+                // sendfile adds and removes a writer on the fd of a paused transport).
+                let empty = entry.is_empty();
                 match s.sources.set_interest(&driver, token, interest) {
                     Ok(()) => {
-                        if interest.is_none() {
+                        if empty {
                             s.sources.remove(&driver, token);
                         }
                         Ok(old)
@@ -328,7 +331,10 @@ impl LoopCore {
                         let entry = &mut s.sources.get_mut(token).expect("still there").data;
                         let slot = if write { &mut entry.writer } else { &mut entry.reader };
                         let new = std::mem::replace(slot, old);
-                        if s.sources.get(token).is_some_and(|src| src.interest().is_none()) {
+                        if s.sources
+                            .get(token)
+                            .is_some_and(|src| src.interest().is_none() && src.data.is_empty())
+                        {
                             s.sources.remove(&driver, token);
                         }
                         // Returned, not dropped here: the caller drops it after the borrow.
@@ -586,7 +592,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
+    pub fn call_soon(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
@@ -605,7 +611,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
+    pub fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
@@ -630,7 +636,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(
+    pub fn call_later(
         slf: &Bound<'_, Self>,
         delay: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
@@ -651,7 +657,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(
+    pub fn call_at(
         slf: &Bound<'_, Self>,
         when: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
