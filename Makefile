@@ -15,7 +15,8 @@ VENV_STAMP := $(VENV)/.ferroloop-deps.stamp
 # Tools plus what the uvloop conformance suite imports (see ../shared/conformance).
 # ruff is pinned so that `make lint` does not change verdict when ruff is released.
 VENV_PKGS := 'maturin>=1.16,<2' 'pytest>=8' 'ruff==0.17.6' \
-	'uvloop==0.23.0' pyOpenSSL psutil 'aiohttp>=3.10.5'
+	'uvloop==0.23.0' pyOpenSSL psutil 'aiohttp>=3.10.5' \
+	'uvicorn>=0.36' 'websockets>=15' 'anyio>=4.9' 'httpx>=0.28' 'starlette>=0.41'
 
 # Python folders that exist (bench/ or scripts/ may be empty or absent early on).
 PY_DIRS := $(wildcard python tests scripts bench)
