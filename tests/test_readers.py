@@ -305,8 +305,12 @@ def test_closed_loop(loop, pipe):
 
 
 @pytest.mark.parametrize("method", ["reader", "writer"])
-def test_fds_past_a_c_int(loop, method):
+def test_fds_past_a_c_int(loop, loop_name, method):
     # The selectors say so with OverflowError; removing such an fd finds nothing to remove.
+    if BACKEND == "select" and loop_name == "asyncio":
+        # asyncio's SelectSelector takes any int and fails later, in select(); ferroloop
+        # refuses it at registration on every backend.
+        return
     with pytest.raises(OverflowError):
         getattr(loop, f"add_{method}")(2**40, print)
     assert getattr(loop, f"remove_{method}")(2**40) is False
