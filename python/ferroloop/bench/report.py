@@ -16,6 +16,13 @@ HOW_TO_READ = """\
   echo's last byte read (median over repetitions). *server busy* is the server's CPU seconds per
   second: well below 100% means the server was not the bottleneck and the throughput ratio
   understates the difference.
+* *client busy* is the load generator's share of the run spent working: for
+  ferroloop-echoclient the time it spent handling events (it spins while idle), for wrk its CPU
+  time. Near 100% means the client, not the server, limited throughput: compare CPU per request.
+* *lost* (UDP) is the number of datagrams per measured run that got no echo within the timeout
+  and were sent again (median over repetitions).
+* Rows in *ms/proc* (subprocesses) are times, lower is better; their ratios are asyncio's time
+  over the loop's, so above 1 is better there too.
 """
 
 
@@ -43,6 +50,8 @@ def family_table(rows, loops, baseline, head_to_head, reps):
     """(header, lines) of one family's table; every cell a short string."""
     has_cpu = any("cpu_us" in c for row in rows for c in row["cells"].values())
     has_latency = any("p50_us" in c for row in rows for c in row["cells"].values())
+    has_client = any("client_busy" in c for row in rows for c in row["cells"].values())
+    has_lost = any("lost" in c for row in rows for c in row["cells"].values())
     units = {row["unit"] for row in rows}
     versus = head_to_head and any("versus" in row for row in rows)
     vs_name = f"{head_to_head[0]}/{head_to_head[1]}" if versus else None
@@ -60,6 +69,10 @@ def family_table(rows, loops, baseline, head_to_head, reps):
     if has_latency:
         header += [f"p50/p99 µs {loop}" for loop in loops]
         header.append("server busy " + "/".join(loops))
+    if has_client:
+        header.append("client busy " + "/".join(loops))
+    if has_lost:
+        header.append("lost " + "/".join(loops))
 
     lines = []
     for row in rows:
@@ -89,6 +102,12 @@ def family_table(rows, loops, baseline, head_to_head, reps):
                 line.append(f"{cell['p50_us']:.0f}/{cell['p99_us']:.0f}" if ok else "-")
             busy = [cells.get(loop, {}).get("server_busy") for loop in loops]
             line.append("/".join("-" if b is None else f"{b:.0%}" for b in busy))
+        if has_client:
+            busy = [cells.get(loop, {}).get("client_busy") for loop in loops]
+            line.append("/".join("-" if b is None else f"{b:.0%}" for b in busy))
+        if has_lost:
+            lost = [cells.get(loop, {}).get("lost") for loop in loops]
+            line.append("/".join("-" if n is None else f"{n:.0f}" for n in lost))
         lines.append(line)
     return header, lines
 
@@ -110,7 +129,8 @@ def behind(rows, head_to_head, reps):
     for row in rows:
         versus = row.get("versus") or {}
         worse = []
-        for metric, label in (("value", "throughput"), ("cpu_us", "CPU per request")):
+        speed = "time per process" if row.get("lower_is_better") else "throughput"
+        for metric, label in (("value", speed), ("cpu_us", "CPU per request")):
             r = versus.get(metric)
             if r and r["median"] < 1:
                 digits = 3 if r["median"] >= 0.995 else 2
@@ -119,6 +139,43 @@ def behind(rows, head_to_head, reps):
         if worse:
             found.append(f"- {row['family']} / {row['case']}: {a} {', '.join(worse)}")
     return found
+
+
+#: A load generator busy this much of a run limited the throughput itself.
+CLIENT_BOUND = 0.9
+
+
+def family_notes(rows, records, name):
+    """Lines under a family's table: what the load generator reported (deduplicated), and the
+    rows where it, not the server, was the bottleneck."""
+    lines = []
+    ok = [r for r in records if r["family"] == name and "error" not in r]
+    by_note = {}
+    for r in ok:
+        if r.get("note"):
+            by_note.setdefault(r["note"], []).append(f"{r['case']} on {r['loop']}")
+    for note, runs in by_note.items():
+        runs = list(dict.fromkeys(runs))
+        where = "every run" if len(runs) == len({(r["case"], r["loop"]) for r in ok}) else None
+        if where is None:
+            where = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+        lines.append(f"- {note} ({where})")
+    bound = []
+    for row in rows:
+        loops = [
+            loop
+            for loop, cell in row["cells"].items()
+            if cell.get("client_busy", 0) >= CLIENT_BOUND
+        ]
+        if loops:
+            bound.append(f"{row['case']} ({', '.join(loops)})")
+    if bound:
+        lines.append(
+            f"- The load generator was busy at least {CLIENT_BOUND:.0%} of the run in "
+            f"{'; '.join(bound)}: there it limited throughput, so the throughput ratios understate "
+            "the differences between loops and CPU per request is the fair comparison."
+        )
+    return lines
 
 
 def failures(records):
@@ -158,7 +215,7 @@ def chart(rows, loops, baseline, path):
     if not others or not rows:
         return "no chart: there is no loop to compare with the baseline"
     labels = [f"{row['family']}: {row['case']}" for row in rows][::-1]
-    panels = [("ratio", "throughput vs asyncio")]
+    panels = [("ratio", "throughput (for subprocesses: speed) vs asyncio")]
     if any(c.get("cpu_ratio") for row in rows for c in row["cells"].values()):
         panels.append(("cpu_ratio", "server CPU per request vs asyncio (asyncio/loop)"))
     fig, axes = plt.subplots(
@@ -227,11 +284,13 @@ def write(out_dir, meta, records, rows, families, loops, baseline, head_to_head,
     md.append(f"| load average at start | {m['load_average']} |")
     opts = meta["options"]
     md.append(
-        f"| options | echo: {opts['conns']} connections, {opts['warmup']} s warm-up + "
-        f"{opts['duration']} s per run; micro: {opts['micro_time']} s per run; up to "
+        f"| options | echo, udp, tls: {opts['conns']} connections, {opts['warmup']} s warm-up + "
+        f"{opts['duration']} s per run; micro, pipe: {opts['micro_time']} s per run; up to "
         f"{opts['quiet_wait']} s wait for other processes to go idle before each run and "
         f"{opts['retries']} retry of a disturbed run |"
     )
+    for name, text in meta.get("setup", {}).items():
+        md.append(f"| {name} | {text} |")
     md += ["", "## How to read", "", HOW_TO_READ]
 
     for name, title in families:
@@ -239,6 +298,9 @@ def write(out_dir, meta, records, rows, families, loops, baseline, head_to_head,
         if family_rows:
             header, lines = family_table(family_rows, loops, baseline, head_to_head, reps)
             md += [f"## {title}", "", markdown_table(header, lines), ""]
+            notes = family_notes(family_rows, records, name)
+            if notes:
+                md += [*notes, ""]
 
     if head_to_head and all(loop in loops for loop in head_to_head):
         a, b = head_to_head

@@ -16,11 +16,36 @@ import time
 import types
 from pathlib import Path
 
-from . import echo, loops, micro, report, stats, system
+from . import (
+    echo,
+    http_hello,
+    loops,
+    micro,
+    pipe_pingpong,
+    report,
+    stats,
+    subprocs,
+    system,
+    tls_echo,
+    udp_echo,
+)
 
 #: name -> module; each has TITLE, units(ctx) -> [(unit, [case names])] and
 #: run(unit, loop, ctx) -> iterator of records (see ``stats``), one per case of the unit.
-FAMILIES = {"micro": micro, "echo": echo}
+#: Optionally check(ctx) -> why it cannot run here (or None) and setup_note(ctx) -> a line for
+#: the report.
+FAMILIES = {
+    "micro": micro,
+    "echo": echo,
+    "udp": udp_echo,
+    "http": http_hello,
+    "tls": tls_echo,
+    "subprocess": subprocs,
+    "pipe": pipe_pingpong,
+}
+
+#: Families whose load generator is ferroloop-echoclient.
+NEED_ECHOCLIENT = ("echo", "udp", "tls")
 
 #: The pair the report compares head to head, and whose losing rows it lists.
 HEAD_TO_HEAD = ("ferroloop", "uvloop")
@@ -51,7 +76,7 @@ def parse_args(argv):
         prog="python -m ferroloop.bench",
         description="Run ferroloop's benchmarks on asyncio, uvloop and ferroloop side by side.",
     )
-    parser.add_argument("--quick", action="store_true", help="one short repetition (~1 minute)")
+    parser.add_argument("--quick", action="store_true", help="one short repetition (~1.5 minutes)")
     parser.add_argument(
         "--loops",
         default="asyncio,uvloop,ferroloop",
@@ -112,13 +137,14 @@ def resolve_loops(names, notes):
     return list(found), found
 
 
-def find_echoclient(root, notes):
-    """The load generator's path: $FERROLOOP_ECHOCLIENT, else built with cargo in the checkout."""
+def find_echoclient(root, notes, users="echo"):
+    """The load generator's path: $FERROLOOP_ECHOCLIENT, else built with cargo in the checkout.
+    ``users`` names the families that need it, for the notes."""
     if os.environ.get("FERROLOOP_ECHOCLIENT"):
         return os.environ["FERROLOOP_ECHOCLIENT"]
     if root is None:
         notes.append(
-            "echo skipped: set FERROLOOP_ECHOCLIENT (not running from a ferroloop checkout)"
+            f"{users} skipped: set FERROLOOP_ECHOCLIENT (not running from a ferroloop checkout)"
         )
         return None
     target = Path(os.environ.get("CARGO_TARGET_DIR") or root / "target")
@@ -137,7 +163,7 @@ def find_echoclient(root, notes):
             )
     if binary.is_file():
         return str(binary)
-    notes.append(f"echo skipped: no {binary} (cargo build --release -p ferroloop-echoclient)")
+    notes.append(f"{users} skipped: no {binary} (cargo build --release -p ferroloop-echoclient)")
     return None
 
 
@@ -149,9 +175,13 @@ def progress_line(i, total, rep, family, loop, record):
         if "cpu_us" in record:
             what += f"  cpu {record['cpu_us']:.3g} µs/req  busy {record['server_busy']:.0%}"
             what += f"  p50 {record['p50_us']:.0f} µs  p99 {record['p99_us']:.0f} µs"
+        if "client_busy" in record:
+            what += f"  client {record['client_busy']:.0%}"
+        if record.get("lost"):
+            what += f"  lost {record['lost']}"
         if record.get("other_cpu", 0) > system.MAX_OTHER:
             what += f"  [other processes used {record['other_cpu']:.2f} cores]"
-    return f"[{i:>3}/{total}] rep {rep + 1}  {family:<5} {record['case']:<22} {loop:<10} {what}"
+    return f"[{i:>3}/{total}] rep {rep + 1}  {family:<10} {record['case']:<22} {loop:<10} {what}"
 
 
 def measure_all(plan, families, loop_names, reps, total, ctx):
@@ -198,18 +228,32 @@ def main(argv=None):
         retries=args.retries,
         wanted=lambda case: args.filter in case,
         tmpdir=None,
+        root=root,
+        wrk=shutil.which("wrk"),
     )
     families = {name: FAMILIES[name] for name in args.only}
-    if "echo" in families and echo.units(ctx):
-        ctx.echoclient = find_echoclient(root, notes)
+    for name, family in list(families.items()):
+        why = family.check(ctx) if hasattr(family, "check") else None
+        if why:
+            notes.append(why)
+            del families[name]
+    users = [name for name in NEED_ECHOCLIENT if name in families and families[name].units(ctx)]
+    if users:
+        ctx.echoclient = find_echoclient(root, notes, ",".join(users))
         if ctx.echoclient is None:
-            del families["echo"]
+            for name in users:
+                del families[name]
     plan = [
         (name, unit, cases)
         for name, family in families.items()
         for unit, cases in family.units(ctx)
     ]
     machine = system.machine_info(root)
+    setup = {
+        name: family.setup_note(ctx)
+        for name, family in families.items()
+        if hasattr(family, "setup_note") and family.units(ctx)
+    }
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.out is None:
@@ -238,6 +282,7 @@ def main(argv=None):
         "machine": machine,
         "loops": versions,
         "notes": notes,
+        "setup": setup,
         "interrupted": interrupted,
         "seconds": round(time.monotonic() - started, 1),
         "options": {

@@ -3,7 +3,10 @@
 A record is one measurement: ``family``, ``case``, ``loop``, ``rep`` and either ``error`` or
 ``value`` (throughput, higher is better) with, for network cases, ``cpu_us`` (server CPU time per
 request, lower is better), ``p50_us``, ``p99_us`` and ``server_busy`` (server CPU seconds per
-second).
+second), and possibly ``client_busy`` (the load generator's busy fraction) and ``lost``
+(datagrams lost and re-sent). A record with ``lower_is_better`` has a ``value`` where lower is
+better (e.g. milliseconds per process); its ratios are then inverted like CPU per request's, so
+that above 1 is better everywhere.
 
 A ratio compares two loops **within one repetition** (every repetition runs every loop on every
 case, one right after the other), and a row shows the median of those per-repetition ratios
@@ -15,33 +18,42 @@ while it stays in the absolute figures. Runs that other processes disturbed (``o
 import statistics
 
 #: metric -> True when a higher figure is better. Ratios are oriented so that above 1 is better.
-METRICS = {"value": True, "cpu_us": False, "p50_us": False, "p99_us": False, "server_busy": True}
+METRICS = {
+    "value": True,
+    "cpu_us": False,
+    "p50_us": False,
+    "p99_us": False,
+    "server_busy": True,
+    "client_busy": True,
+    "lost": False,
+}
 
 
-def _paired(mine, theirs, metric):
+def _paired(mine, theirs, metric, higher=None):
     """Median, min and max over repetitions of mine/theirs (theirs/mine for lower-is-better)."""
+    higher = METRICS[metric] if higher is None else higher
     ratios = []
     for rep, record in mine.items():
         other = theirs.get(rep)
         a, b = record.get(metric), other and other.get(metric)
         if a and b:
-            ratios.append(a / b if METRICS[metric] else b / a)
+            ratios.append(a / b if higher else b / a)
     if not ratios:
         return None
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
-def _pair(ok, clean, a, b, metric):
+def _pair(ok, clean, a, b, metric, higher=None):
     """Paired a/b over the repetitions where neither was disturbed, else over all of them."""
-    return _paired(clean[a], clean[b], metric) or _paired(ok[a], ok[b], metric)
+    return _paired(clean[a], clean[b], metric, higher) or _paired(ok[a], ok[b], metric, higher)
 
 
 def summarize(records, loops, baseline, head_to_head=None, max_other=float("inf")):
     """Table rows, in the order cases were first measured. Each row has ``family``, ``case``,
     ``unit`` and ``cells``: loop -> {metric: median, metric_spread: (max-min)/median,
     ``ratio``/``cpu_ratio``: paired ratio to the baseline, ``reps`` used, ``error`` when no
-    repetition succeeded}. With ``head_to_head=(a, b)`` a row also has ``versus``: metric ->
-    paired a/b."""
+    repetition succeeded}, and ``lower_is_better`` when its values are times. With
+    ``head_to_head=(a, b)`` a row also has ``versus``: metric -> paired a/b."""
     grouped = {}
     for record in records:
         key = (record["family"], record["case"])
@@ -57,6 +69,10 @@ def summarize(records, loops, baseline, head_to_head=None, max_other=float("inf"
             for loop, reps in ok.items()
         }
         unit = next(rec["unit"] for reps in by_loop.values() for rec in reps.values())
+        lower = any(
+            rec.get("lower_is_better") for reps in by_loop.values() for rec in reps.values()
+        )
+        higher = {"value": not lower}
         cells = {}
         for loop in loops:
             if loop not in by_loop:
@@ -72,12 +88,16 @@ def summarize(records, loops, baseline, head_to_head=None, max_other=float("inf"
                     cell[metric] = middle
                     cell[metric + "_spread"] = (max(values) - min(values)) / middle if middle else 0
             if loop != baseline and baseline in ok:
-                cell["ratio"] = _pair(ok, clean, loop, baseline, "value")
+                cell["ratio"] = _pair(ok, clean, loop, baseline, "value", not lower)
                 cell["cpu_ratio"] = _pair(ok, clean, loop, baseline, "cpu_us")
             cells[loop] = cell
         row = {"family": family, "case": case, "unit": unit, "cells": cells}
+        if lower:
+            row["lower_is_better"] = True
         if head_to_head and all(loop in ok for loop in head_to_head):
             a, b = head_to_head
-            row["versus"] = {m: _pair(ok, clean, a, b, m) for m in ("value", "cpu_us")}
+            row["versus"] = {
+                m: _pair(ok, clean, a, b, m, higher.get(m)) for m in ("value", "cpu_us")
+            }
         rows.append(row)
     return rows
