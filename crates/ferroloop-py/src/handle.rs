@@ -5,6 +5,7 @@
 //! building a bound method or an argument tuple. Cancelling drops the callback and arguments at
 //! once (asyncio does the same), so a cancelled timer that waits in the heap holds no references.
 
+use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -12,7 +13,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyFloat, PyTuple, PyType};
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::{Borrowed, PyTraverseError, PyTypeInfo, PyVisit};
 
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
@@ -64,9 +65,16 @@ impl Handle {
     pub fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // NOTE: `Bound` clones, not `Py::clone_ref`: dropping a `Bound` is a plain decref, where
+        // dropping a `Py` first asks thread-local state whether the thread is attached.
         let target = this.callback.with(py, |c| {
-            c.as_ref()
-                .map(|c| (c.func.clone_ref(py), c.args.clone_ref(py), c.context.clone_ref(py)))
+            c.as_ref().map(|c| {
+                (
+                    c.func.bind(py).clone(),
+                    c.args.bind(py).clone(),
+                    c.context.bind(py).clone(),
+                )
+            })
         })?;
         let Some((callback, args, context)) = target else {
             return Ok(());
@@ -78,10 +86,10 @@ impl Handle {
             if ffi::PyContext_Enter(context.as_ptr()) < 0 {
                 Err(PyErr::fetch(py))
             } else {
-                let res = if ffi::PyTuple_GET_SIZE(args.as_ptr()) == 0 {
-                    ffi::PyObject_CallNoArgs(callback.as_ptr())
-                } else {
-                    ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut())
+                let res = match ffi::PyTuple_GET_SIZE(args.as_ptr()) {
+                    0 => ffi::PyObject_CallNoArgs(callback.as_ptr()),
+                    1 => ffi::PyObject_CallOneArg(callback.as_ptr(), ffi::PyTuple_GET_ITEM(args.as_ptr(), 0)),
+                    _ => ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut()),
                 };
                 // Exit before looking at the result, so the exception handler runs outside it.
                 let res = Bound::from_owned_ptr_or_err(py, res);
@@ -100,6 +108,68 @@ impl Handle {
             }
         }
     }
+
+    /// Puts [`traverse_handle`] in the `tp_traverse` slot of `Handle` and `TimerHandle`, in place
+    /// of `PyO3`'s generic one. Called once, when the module is initialised (before any instance
+    /// exists).
+    ///
+    /// Every callback allocates a handle and a context, so handles are most of what the cyclic GC
+    /// walks in a busy loop (each one about four times: it survives into older generations while
+    /// queued). `PyO3`'s `tp_traverse` wraps the visit in a panic trap, a thread-local "no attaching"
+    /// guard and a walk up the type chain to call the base's traversal; for `TimerHandle` that is
+    /// done twice (its own, then `Handle`'s). Measured with callgrind, per operation:
+    /// `call_soon batch` spent 360 instructions in `PyO3`'s `tp_traverse` against 250 in uvloop's
+    /// Cython one, `call_later fire` 590 against 250; with this function, 260 on both.
+    pub fn install_traverse(py: Python<'_>) {
+        for ty in [Handle::type_object(py), TimerHandle::type_object(py)] {
+            // SAFETY: both are heap types created by PyO3 with `Py_TPFLAGS_HAVE_GC` (they define
+            // `__traverse__`), so their type objects are writable and the GC calls `tp_traverse`.
+            // `traverse_handle` visits exactly what PyO3's generated traversal visits (the
+            // `__traverse__` below; `TimerHandle` holds no references of its own, and neither type
+            // has a `__dict__`), so swapping the function changes nothing but the cost.
+            unsafe {
+                (*ty.as_type_ptr()).tp_traverse = Some(traverse_handle);
+            }
+        }
+    }
+}
+
+/// `tp_traverse` of `Handle` and `TimerHandle` (see [`Handle::install_traverse`]).
+///
+/// # Safety
+///
+/// Called by the GC only, with `slf` an instance of `Handle` or of a subclass and the thread
+/// attached.
+unsafe extern "C" fn traverse_handle(slf: *mut ffi::PyObject, visit: ffi::visitproc, arg: *mut c_void) -> c_int {
+    // SAFETY: the GC runs on a thread attached to the interpreter; the token is only used to view
+    // `slf` as a `Handle` (a subclass's layout starts with its base's), and nothing here calls
+    // into Python or changes a reference count.
+    let handle = unsafe {
+        let py = Python::assume_attached();
+        Borrowed::from_ptr(py, slf).cast_unchecked::<Handle>()
+    };
+    let this = handle.get();
+    let mut refs = [std::ptr::null_mut(); 5];
+    refs[0] = this.loop_.as_ptr();
+    if let Some(tb) = &this.source_traceback {
+        refs[1] = tb.as_ptr();
+    }
+    if let Some(cb) = this.callback.for_traverse() {
+        if let Some(cb) = cb.as_ref() {
+            refs[2] = cb.func.as_ptr();
+            refs[3] = cb.args.as_ptr();
+            refs[4] = cb.context.as_ptr();
+        }
+    }
+    for obj in refs.into_iter().filter(|obj| !obj.is_null()) {
+        // SAFETY: `visit`/`arg` come from the GC for this traversal; `obj` is a live object the
+        // handle holds a reference to.
+        let r = unsafe { visit(obj, arg) };
+        if r != 0 {
+            return r;
+        }
+    }
+    0
 }
 
 #[pymethods]

@@ -3,11 +3,13 @@
 mod cell;
 mod datagram;
 mod event_loop;
+mod fastcall;
 mod glue;
 mod handle;
 mod listener;
 mod owner;
 mod pipe;
+mod read;
 mod sockaddr;
 mod sockops;
 mod stream;
@@ -32,6 +34,13 @@ mod _ferroloop {
     use crate::stream::StreamTransport;
 
     use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::handle::Handle::install_traverse(m.py());
+        crate::fastcall::install(m.py())?;
+        Ok(())
+    }
 
     /// The names of the I/O backends this machine offers, the default first.
     #[pyfunction]

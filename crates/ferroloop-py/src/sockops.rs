@@ -10,7 +10,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pyo3::buffer::PyBuffer;
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -23,14 +23,14 @@ use crate::glue::os_error;
 use crate::handle::Handle;
 use crate::stream::MAX_READ;
 use crate::tasks::new_future;
-use crate::transport::fd_of;
+use crate::transport::{fd_of, with_bytes, with_bytes_mut};
 
 /// What a [`SockOp`] waits to do.
 enum Kind {
     Recv(usize),
-    RecvInto(PyBuffer<u8>),
+    RecvInto(PyUntypedBuffer),
     /// The data and how much of it was sent.
-    SendAll(PyBuffer<u8>, AttachedCell<usize>),
+    SendAll(PyUntypedBuffer, AttachedCell<usize>),
 }
 
 /// The outcome of one attempt.
@@ -68,10 +68,14 @@ fn recv(py: Python<'_>, lp: &LoopCore, fd: RawFd, n: usize) -> PyResult<Attempt>
     })
 }
 
-fn recv_into(py: Python<'_>, fd: RawFd, buf: &PyBuffer<u8>) -> Attempt {
+fn recv_into(py: Python<'_>, fd: RawFd, buf: &PyUntypedBuffer) -> Attempt {
     // SAFETY: the buffer is writable and C-contiguous (checked when the view was taken) and the
     // view keeps it exported, so the memory is valid for `len_bytes` bytes during the call.
     let target = unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
+    recv_into_slice(py, fd, target)
+}
+
+fn recv_into_slice(py: Python<'_>, fd: RawFd, target: &mut [u8]) -> Attempt {
     match rustix::net::recv(fd_of(fd), target, RecvFlags::DONTWAIT) {
         Ok((k, _)) => Attempt::Done(
             k.into_pyobject(py)
@@ -83,9 +87,13 @@ fn recv_into(py: Python<'_>, fd: RawFd, buf: &PyBuffer<u8>) -> Attempt {
 }
 
 /// Sends from `*sent` on until done or the socket is full.
-fn send_all(py: Python<'_>, fd: RawFd, data: &PyBuffer<u8>, sent: &mut usize) -> Attempt {
+fn send_all(py: Python<'_>, fd: RawFd, data: &PyUntypedBuffer, sent: &mut usize) -> Attempt {
     // SAFETY: the view keeps the exporter's memory valid and unchanged-in-size while it exists.
     let all = unsafe { std::slice::from_raw_parts(data.buf_ptr().cast::<u8>(), data.len_bytes()) };
+    send_all_slice(py, fd, all, sent)
+}
+
+fn send_all_slice(py: Python<'_>, fd: RawFd, all: &[u8], sent: &mut usize) -> Attempt {
     while *sent < all.len() {
         match rustix::net::send(fd_of(fd), &all[*sent..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
             Ok(n) => *sent += n,
@@ -97,7 +105,7 @@ fn send_all(py: Python<'_>, fd: RawFd, data: &PyBuffer<u8>, sent: &mut usize) ->
     Attempt::Done(py.None())
 }
 
-fn contiguous(view: PyBuffer<u8>, writable: bool) -> Option<PyBuffer<u8>> {
+fn contiguous(view: PyUntypedBuffer, writable: bool) -> Option<PyUntypedBuffer> {
     (view.is_c_contiguous() && (!writable || !view.readonly())).then_some(view)
 }
 
@@ -201,8 +209,8 @@ fn now(attempt: Attempt) -> PyResult<Option<Py<PyAny>>> {
 
 /// A view of `obj` as contiguous bytes (writable if asked), or `None` for anything else: the
 /// caller then takes asyncio's own path.
-fn view(obj: &Bound<'_, PyAny>, writable: bool) -> Option<PyBuffer<u8>> {
-    PyBuffer::<u8>::get(obj).ok().and_then(|v| contiguous(v, writable))
+fn view(obj: &Bound<'_, PyAny>, writable: bool) -> Option<PyUntypedBuffer> {
+    PyUntypedBuffer::get(obj).ok().and_then(|v| contiguous(v, writable))
 }
 
 /// `sock.recv(n)` without raising for "not ready": the bytes, or `None`.
@@ -222,10 +230,11 @@ pub fn try_recv_into(
     fd: RawFd,
     buf: &Bound<'_, PyAny>,
 ) -> PyResult<(bool, Option<Py<PyAny>>)> {
-    let Some(v) = view(buf, true) else {
+    // A view on the stack for the one attempt (see `transport::with_bytes`).
+    let Some(attempt) = with_bytes_mut(buf, |target| recv_into_slice(loop_.py(), fd, target)) else {
         return Ok((false, None));
     };
-    now(recv_into(loop_.py(), fd, &v)).map(|r| (true, r))
+    now(attempt).map(|r| (true, r))
 }
 
 pub fn wait_recv_into(loop_: &Bound<'_, LoopCore>, fd: RawFd, buf: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
@@ -236,11 +245,15 @@ pub fn wait_recv_into(loop_: &Bound<'_, LoopCore>, fd: RawFd, buf: &Bound<'_, Py
 /// Sends what the socket takes now: `Ok(None)` if `data` is not a byte buffer, else
 /// `(sent, total)` in bytes.
 pub fn try_send(loop_: &Bound<'_, LoopCore>, fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<Option<(usize, usize)>> {
-    let Some(v) = view(data, false) else { return Ok(None) };
+    // A view on the stack for the one attempt (see `transport::with_bytes`).
     let mut sent = 0;
-    match send_all(loop_.py(), fd, &v, &mut sent) {
+    let Some((attempt, total)) = with_bytes(data, |all| (send_all_slice(loop_.py(), fd, all, &mut sent), all.len()))
+    else {
+        return Ok(None);
+    };
+    match attempt {
         Attempt::Failed(e) => Err(e),
-        Attempt::Done(_) | Attempt::Again => Ok(Some((sent, v.len_bytes()))),
+        Attempt::Done(_) | Attempt::Again => Ok(Some((sent, total))),
     }
 }
 

@@ -23,6 +23,9 @@ fn asyncio_attr<'py>(
         .bind(py))
 }
 
+/// The most positional arguments `call_with_loop` passes (`Task(coro, loop=...)`).
+const MAX_POSITIONAL: usize = 1;
+
 /// Calls `callable(*positional, loop=loop_)`.
 fn call_with_loop<'py>(
     callable: &Bound<'py, PyAny>,
@@ -31,8 +34,13 @@ fn call_with_loop<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = callable.py();
     let kwnames = KW_LOOP.get_or_init(py, || PyTuple::new(py, ["loop"]).expect("a one-string tuple").unbind());
-    let mut args: Vec<*mut ffi::PyObject> = positional.iter().map(|a| a.as_ptr()).collect();
-    args.push(loop_.as_ptr());
+    // On the stack: this runs for every task and future (a `Vec` was a malloc and a free each).
+    let mut args = [std::ptr::null_mut::<ffi::PyObject>(); MAX_POSITIONAL + 1];
+    assert!(positional.len() <= MAX_POSITIONAL, "call_with_loop: too many arguments");
+    for (slot, a) in args.iter_mut().zip(positional) {
+        *slot = a.as_ptr();
+    }
+    args[positional.len()] = loop_.as_ptr();
     // SAFETY: `args` holds borrowed pointers kept alive by the `Bound`s above for the whole call:
     // `positional.len()` positional arguments followed by one keyword value named by `kwnames`.
     // The result is a new reference or null with an exception set.
