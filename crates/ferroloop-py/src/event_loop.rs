@@ -282,6 +282,41 @@ impl LoopCore {
         Ok(())
     }
 
+    /// `call_soon` and, with `threadsafe`, `call_soon_threadsafe`: asyncio's debug checks (the
+    /// thread check only for `call_soon`), a new handle at the end of the ready queue, and for
+    /// the thread-safe variant a wake-up of a loop blocked in its wait.
+    fn enqueue(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug() {
+            let method = if threadsafe {
+                "call_soon_threadsafe"
+            } else {
+                "call_soon"
+            };
+            Self::debug_checks(slf, callback, method, !threadsafe)?;
+        }
+        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
+        let queued = handle.clone_ref(py);
+        this.state.with(py, |s| {
+            s.ready.push(Ready::Native(queued));
+            if threadsafe {
+                if let Some(d) = &s.driver {
+                    // NOTE: a failed wake (no memory for the eventfd write) only delays the callback.
+                    let _ = d.waker().wake();
+                }
+            }
+        })?;
+        Ok(handle)
+    }
+
     fn schedule_at(
         slf: &Bound<'_, Self>,
         when: f64,
@@ -630,16 +665,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug() {
-            Self::debug_checks(slf, callback, "call_soon", true)?;
-        }
-        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
-        let queued = handle.clone_ref(py);
-        this.state.with(py, |s| s.ready.push(Ready::Native(queued)))?;
-        Ok(handle)
+        Self::enqueue(slf, callback, args, context, false)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -649,22 +675,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug() {
-            Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
-        }
-        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
-        let queued = handle.clone_ref(py);
-        this.state.with(py, |s| {
-            s.ready.push(Ready::Native(queued));
-            if let Some(d) = &s.driver {
-                // NOTE: a failed wake (no memory for the eventfd write) only delays the callback.
-                let _ = d.waker().wake();
-            }
-        })?;
-        Ok(handle)
+        Self::enqueue(slf, callback, args, context, true)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
