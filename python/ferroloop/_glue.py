@@ -6,7 +6,7 @@ warnings) is formatted by asyncio's own helpers, word for word.
 
 import errno
 import sys
-from asyncio import base_events, constants, format_helpers, trsock
+from asyncio import base_events, constants, exceptions, format_helpers, trsock
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -182,3 +182,33 @@ def transport_creation_failed(loop, exc):
         loop.call_exception_handler(
             {"message": "Error on transport creation for incoming connection", "exception": exc}
         )
+
+
+# --- TLS ------------------------------------------------------------------------------------
+
+
+def tls_fatal_error(protocol, transport, exc, message):
+    """The report half of asyncio's ``SSLProtocol._fatal_error``."""
+    if isinstance(exc, OSError):
+        if protocol._loop.get_debug():
+            logger.debug("%r: %s", protocol, message, exc_info=True)
+    elif not isinstance(exc, exceptions.CancelledError):
+        protocol._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": transport, "protocol": protocol}
+        )
+
+
+def tls_flow_failed(protocol, message, exc, app_transport):
+    protocol._loop.call_exception_handler(
+        {"message": message, "exception": exc, "transport": app_transport, "protocol": protocol}
+    )
+
+
+def tls_log_handshake_time(protocol, ms):
+    logger.debug("%r: SSL handshake took %.1f ms", protocol, ms)
+
+
+def tls_handshake_timeout_error(timeout):
+    return ConnectionAbortedError(
+        f"SSL handshake is taking longer than {timeout} seconds: aborting the connection"
+    )

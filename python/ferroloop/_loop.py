@@ -17,9 +17,9 @@ import os
 import selectors
 import sys
 import threading
-from asyncio import constants, events, sslproto, unix_events
+from asyncio import constants, events, unix_events
 
-from . import _children, _ferroloop, _sendfile, _transports
+from . import _children, _ferroloop, _sendfile, _tls, _transports
 from ._sockets import SocketOpsMixin
 
 __all__ = ("Loop", "backends")
@@ -108,8 +108,8 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
-        # asyncio's TLS state machine (a BufferedProtocol) over ferroloop's Rust transport.
-        ssl_protocol = sslproto.SSLProtocol(
+        # asyncio's TLS state machine, in Rust (ferroloop._tls), over the Rust socket transport.
+        ssl_protocol = _tls.make_ssl_protocol(
             self,
             protocol,
             sslcontext,
@@ -121,6 +121,29 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
         )
         _transports.make_socket_transport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    async def start_tls(
+        self,
+        transport,
+        protocol,
+        sslcontext,
+        *,
+        server_side=False,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """Upgrade ``transport`` to TLS; returns the transport ``protocol`` uses from now on."""
+        return await _tls.start_tls(
+            self,
+            transport,
+            protocol,
+            sslcontext,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return _transports.ReadPipeTransport(self, pipe, protocol, waiter, extra)

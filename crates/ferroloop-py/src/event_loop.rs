@@ -105,6 +105,11 @@ fn closed_error() -> PyErr {
 }
 
 /// `contextvars.copy_context()`.
+/// `loop.time()`: the monotonic clock in seconds.
+pub fn loop_time() -> f64 {
+    ns_to_secs(monotonic_ns())
+}
+
 pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: PyContext_CopyCurrent returns a new reference or null with an exception set.
     unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()) }
@@ -655,7 +660,7 @@ impl LoopCore {
 
     #[allow(clippy::unused_self)] // an instance method in asyncio's API
     fn time(&self) -> f64 {
-        ns_to_secs(monotonic_ns())
+        loop_time()
     }
 
     #[pyo3(signature = (callback, *args, context=None))]

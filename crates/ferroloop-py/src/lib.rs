@@ -14,6 +14,7 @@ mod sockaddr;
 mod sockops;
 mod stream;
 mod tasks;
+mod tls;
 mod transport;
 
 use pyo3::prelude::*;
@@ -32,6 +33,8 @@ mod _ferroloop {
     use crate::pipe::{ReadPipeTransport, WritePipeTransport};
     #[pymodule_export]
     use crate::stream::StreamTransport;
+    #[pymodule_export]
+    use crate::tls::{TlsProtocol, TlsTransport};
 
     use pyo3::prelude::*;
 

@@ -33,6 +33,7 @@ use crate::event_loop::{copy_context, LoopCore};
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::read;
+use crate::tls::TlsProtocol;
 use crate::transport::{
     fd_of, flow_callback, is_exit, with_bytes, with_bytes_mut, write_buffer_limits, DEFAULT_HIGH_WATER,
     LOG_THRESHOLD_FOR_CONNLOST_WRITES,
@@ -68,6 +69,8 @@ struct Proto {
 
 enum Reader {
     Data(Py<PyAny>),
+    /// ferroloop's TLS protocol: given each read in Rust.
+    Tls(Py<TlsProtocol>),
     Buffered {
         get_buffer: Py<PyAny>,
         buffer_updated: Py<PyAny>,
@@ -221,25 +224,24 @@ impl StreamTransport {
             }
             let large = s.last_read >= read::DIRECT_READ_MIN;
             s.proto.as_ref().map(|p| match &p.reader {
-                Reader::Data(f) => (f.bind(py).clone(), None, large),
+                Reader::Data(f) => ReadStep::Data(Sink::Call(f.bind(py).clone()), large),
+                Reader::Tls(t) => ReadStep::Data(Sink::Tls(t.bind(py).clone()), large),
                 Reader::Buffered {
                     get_buffer,
                     buffer_updated,
-                } => (
-                    get_buffer.bind(py).clone(),
-                    Some(buffer_updated.bind(py).clone()),
-                    false,
-                ),
+                } => ReadStep::Buffered(get_buffer.bind(py).clone(), buffer_updated.bind(py).clone()),
             })
         })?;
         match reader {
             None => Ok(()),
-            Some((data_received, None, large)) => Self::read_data(slf, &data_received, large),
-            Some((get_buffer, Some(buffer_updated), _)) => Self::read_buffered(slf, &get_buffer, &buffer_updated),
+            Some(ReadStep::Data(sink, large)) => Self::read_data(slf, &sink, large),
+            Some(ReadStep::Buffered(get_buffer, buffer_updated)) => {
+                Self::read_buffered(slf, &get_buffer, &buffer_updated)
+            }
         }
     }
 
-    fn read_data(slf: &Bound<'_, Self>, data_received: &Bound<'_, PyAny>, large: bool) -> PyResult<()> {
+    fn read_data(slf: &Bound<'_, Self>, sink: &Sink<'_>, large: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let data = match read::read_bytes(this.lp(), py, this.fd, large)? {
@@ -252,11 +254,22 @@ impl StreamTransport {
         if n == 0 {
             return Self::on_eof(slf);
         }
-        if let Err(err) = data_received.call1((data,)).map(drop) {
+        let (given, message) = match sink {
+            Sink::Call(data_received) => (
+                data_received.call1((data,)).map(drop),
+                "Fatal error: protocol.data_received() call failed.",
+            ),
+            // asyncio's TLS protocol is a BufferedProtocol: its failures are reported as such.
+            Sink::Tls(tls) => (
+                TlsProtocol::feed(tls, data.as_any()),
+                "Fatal error: protocol.buffer_updated() call failed.",
+            ),
+        };
+        if let Err(err) = given {
             if is_exit(py, &err) {
                 return Err(err);
             }
-            Self::fatal_error(slf, &err, "Fatal error: protocol.data_received() call failed.")?;
+            Self::fatal_error(slf, &err, message)?;
         }
         Ok(())
     }
@@ -468,6 +481,22 @@ impl StreamTransport {
     }
 }
 
+/// What a readable event does, decided inside the state borrow and run outside it.
+enum ReadStep<'py> {
+    /// Read into a `bytes` (large: straight into one, see `read`) and give it to the sink.
+    Data(Sink<'py>, bool),
+    /// `get_buffer` and `buffer_updated` of a `BufferedProtocol`.
+    Buffered(Bound<'py, PyAny>, Bound<'py, PyAny>),
+}
+
+/// Who receives the `bytes` of a read.
+enum Sink<'py> {
+    /// The protocol's `data_received`.
+    Call(Bound<'py, PyAny>),
+    /// ferroloop's TLS protocol, called in Rust.
+    Tls(Bound<'py, TlsProtocol>),
+}
+
 /// Why the buffer a `BufferedProtocol` gave cannot be read into (it is not a writable contiguous
 /// buffer, or it is empty), as asyncio reports it.
 fn protocol_buffer_error(buf: &Bound<'_, PyAny>) -> PyErr {
@@ -546,7 +575,9 @@ fn send_vectored(fd: RawFd, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
 fn make_proto(protocol: &Bound<'_, PyAny>) -> PyResult<Proto> {
     let py = protocol.py();
     let buffered_type = py.import("asyncio")?.getattr("BufferedProtocol")?;
-    let reader = if protocol.is_instance(&buffered_type)? {
+    let reader = if let Ok(tls) = protocol.cast::<TlsProtocol>() {
+        Reader::Tls(tls.clone().unbind())
+    } else if protocol.is_instance(&buffered_type)? {
         Reader::Buffered {
             get_buffer: protocol.getattr("get_buffer")?.unbind(),
             buffer_updated: protocol.getattr("buffer_updated")?.unbind(),
@@ -627,7 +658,7 @@ impl StreamTransport {
             .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::Start(waiter))
     }
 
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let bytes = data.cast::<PyBytes>().ok();
@@ -915,6 +946,7 @@ impl StreamTransport {
             visit.call(&p.protocol)?;
             match &p.reader {
                 Reader::Data(f) => visit.call(f)?,
+                Reader::Tls(p) => visit.call(p)?,
                 Reader::Buffered {
                     get_buffer,
                     buffer_updated,

@@ -123,7 +123,13 @@ pub fn flow_callback(transport: &Bound<'_, PyAny>, protocol: Option<Py<PyAny>>, 
 
 /// asyncio's `set_write_buffer_limits` defaults and validation: `(high, low)`.
 pub fn write_buffer_limits(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usize)> {
-    let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+    flow_limits(high, low, DEFAULT_HIGH_WATER as i64)
+}
+
+/// asyncio's water-mark defaults and validation (`add_flowcontrol_defaults`), with
+/// `default_high` for the high-water mark when neither is given: `(high, low)`.
+pub fn flow_limits(high: Option<i64>, low: Option<i64>, default_high: i64) -> PyResult<(usize, usize)> {
+    let high = high.unwrap_or_else(|| low.map_or(default_high, |l| 4 * l));
     // Floor division, as Python's `high // 4` (it matters for negative values).
     let low = low.unwrap_or(high.div_euclid(4));
     if !(high >= low && low >= 0) {

@@ -1,0 +1,251 @@
+//! `TlsTransport`: the transport the application of a TLS connection uses (asyncio's
+//! `_SSLProtocolTransport`). It holds the connection's [`TlsProtocol`], where all the state is, and
+//! forwards to it; a second `close()` drops that reference, as asyncio's does.
+
+use pyo3::exceptions::{PyAttributeError, PyNotImplementedError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use super::{App, Phase, TlsProtocol, HIGH_WATER_SSL_READ, HIGH_WATER_SSL_WRITE};
+use crate::cell::AttachedCell;
+use crate::event_loop::LoopCore;
+use crate::transport::flow_limits;
+
+/// The application's side of a TLS connection (asyncio's `_SSLProtocolTransport`).
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+pub struct TlsTransport {
+    loop_: Py<LoopCore>,
+    side: AttachedCell<Side>,
+}
+
+struct Side {
+    protocol: Option<Py<TlsProtocol>>,
+    closed: bool,
+}
+
+impl TlsTransport {
+    pub(super) fn set_closed(&self, py: Python<'_>) -> PyResult<()> {
+        self.side.with(py, |s| s.closed = true)
+    }
+
+    fn protocol<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, TlsProtocol>> {
+        match self.side.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))? {
+            Some(p) => Ok(p.into_bound(py)),
+            None => Err(PyAttributeError::new_err(
+                "'NoneType' object has no attribute of the SSL protocol (the transport was closed twice)",
+            )),
+        }
+    }
+}
+
+#[pymethods]
+impl TlsTransport {
+    #[new]
+    fn new(protocol: &Bound<'_, TlsProtocol>) -> Self {
+        TlsTransport {
+            loop_: protocol.get().loop_.clone_ref(protocol.py()),
+            side: AttachedCell::new(Side {
+                protocol: Some(protocol.clone().unbind()),
+                closed: false,
+            }),
+        }
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.protocol(py)?.get().get_extra(py, name, default)
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let app = App::new(protocol)?;
+        let old = self.protocol(py)?.get().with(py, |s| s.app.replace(app))?;
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.protocol(py)?.get().app_protocol(py)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.side.with(py, |s| s.closed)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let first = self.side.with(py, |s| !std::mem::replace(&mut s.closed, true))?;
+        if first {
+            TlsProtocol::start_shutdown(&self.protocol(py)?)
+        } else {
+            let old = self.side.with(py, |s| s.protocol.take())?;
+            drop(old);
+            Ok(())
+        }
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
+        self.protocol(py)?.get().with(py, |s| !s.app_reading_paused)
+    }
+
+    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
+        self.protocol(py)?.get().with(py, |s| s.app_reading_paused = true)
+    }
+
+    fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
+        let protocol = self.protocol(py)?;
+        let resumed = protocol
+            .get()
+            .with(py, |s| std::mem::replace(&mut s.app_reading_paused, false))?;
+        if resumed {
+            protocol
+                .get()
+                .call_soon(py, &protocol.getattr(intern!(py, "_resume_later"))?, None)?;
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(&self, py: Python<'_>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let (high, low) = flow_limits(high, low, HIGH_WATER_SSL_WRITE)?;
+        let protocol = self.protocol(py)?;
+        protocol.get().with(py, |s| {
+            s.outgoing_high = high;
+            s.outgoing_low = low;
+        })?;
+        TlsProtocol::control_app_writing(&protocol, false)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        self.protocol(py)?.get().with(py, |s| (s.outgoing_low, s.outgoing_high))
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        self.protocol(py)?.get().get_write_buffer_size(py)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_read_buffer_limits(&self, py: Python<'_>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let (high, low) = flow_limits(high, low, HIGH_WATER_SSL_READ)?;
+        let protocol = self.protocol(py)?;
+        protocol.get().with(py, |s| {
+            s.incoming_high = high;
+            s.incoming_low = low;
+        })?;
+        TlsProtocol::control_ssl_reading(&protocol, None)
+    }
+
+    fn get_read_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        self.protocol(py)?.get().with(py, |s| (s.incoming_low, s.incoming_high))
+    }
+
+    fn get_read_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        self.protocol(py)?.get().incoming_pending(py)
+    }
+
+    /// The application was told to pause writing (used by the sendfile fallback).
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
+        self.protocol(py)?.get().with(py, |s| s.app_writing_paused)
+    }
+
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            let name = data.get_type().name()?;
+            return Err(PyTypeError::new_err(format!(
+                "data: expecting a bytes-like instance, got {name}"
+            )));
+        }
+        if data.len()? == 0 {
+            return Ok(());
+        }
+        TlsProtocol::write_appdata(&self.protocol(py)?, [Ok(data.clone())])
+    }
+
+    fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        TlsProtocol::write_appdata(&self.protocol(py)?, list_of_data.try_iter()?)
+    }
+
+    #[allow(clippy::unused_self)] // asyncio's API
+    fn write_eof(&self) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    #[allow(clippy::unused_self)] // asyncio's API
+    fn can_write_eof(&self) -> bool {
+        false
+    }
+
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        self.set_closed(py)?;
+        let protocol = self.side.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?;
+        match protocol {
+            Some(p) => TlsProtocol::abort(p.bind(py)),
+            None => Ok(()),
+        }
+    }
+
+    /// asyncio's private `_force_close(exc)`, which a TLS protocol above this one calls.
+    fn _force_close(&self, py: Python<'_>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.set_closed(py)?;
+        let protocol = self.protocol(py)?;
+        protocol.get().set_phase(py, Phase::Unwrapped)?;
+        if let Some(t) = protocol.get().transport(py)? {
+            t.bind(py).call_method1(intern!(py, "_force_close"), (exc,))?;
+        }
+        Ok(())
+    }
+
+    #[pyo3(name = "_test__append_write_backlog")]
+    fn test_append_write_backlog(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let len = data.len()?;
+        self.protocol(py)?.get().with(py, |s| {
+            s.backlog.push_back(data.clone().unbind());
+            s.backlog_size += len;
+        })
+    }
+
+    #[getter]
+    fn _closed(&self, py: Python<'_>) -> PyResult<bool> {
+        self.side.with(py, |s| s.closed)
+    }
+
+    #[setter(_closed)]
+    fn set_closed_flag(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        self.side.with(py, |s| s.closed = value)
+    }
+
+    #[getter]
+    fn _ssl_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<TlsProtocol>>> {
+        self.side.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
+        self.loop_.clone_ref(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_)?;
+        if let Some(s) = self.side.for_traverse() {
+            visit.call(&s.protocol)?;
+        }
+        Ok(())
+    }
+
+    /// Breaks the protocol <-> transport cycle of a connection that was never closed.
+    fn __clear__(&self) {
+        // The collector runs this attached to the interpreter.
+        Python::attach(|py| {
+            let old = self.side.with(py, |s| s.protocol.take()).ok().flatten();
+            drop(old);
+        });
+    }
+}
