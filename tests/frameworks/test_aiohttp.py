@@ -66,7 +66,9 @@ def test_streaming_response_arrives_whole_and_in_order(arun, tmp_path):
                     if end_of_http_chunk:
                         http_chunks.append(current)
                         current = b""
-            assert http_chunks == CHUNKS and current == b""
+            # The zero-size last chunk shows as an empty one when it arrives in a read of its
+            # own, which depends on how TCP segments reach the loop (io_uring delivers each).
+            assert [c for c in http_chunks if c] == CHUNKS and current == b""
 
     arun(main())
 

@@ -85,6 +85,18 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
         Ok((n, self.advance(n)))
     }
 
+    /// The first unsent chunk and how much of it was already sent.
+    #[must_use]
+    pub fn front(&self) -> Option<(&B, usize)> {
+        self.chunks.front().map(|c| (c, self.offset))
+    }
+
+    /// Marks `n` bytes as sent (by a write made elsewhere, e.g. an `io_uring` send of
+    /// [`front`](Self::front)), returning the chunks that are now completely sent.
+    pub fn consume(&mut self, n: usize) -> Vec<B> {
+        self.advance(n)
+    }
+
     /// Marks `n` bytes as sent, returning the chunks that are now completely sent.
     fn advance(&mut self, mut n: usize) -> Vec<B> {
         let mut done = Vec::new();

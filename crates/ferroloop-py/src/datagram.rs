@@ -318,7 +318,8 @@ impl DatagramTransport {
             IoOp::Read => Self::run_read(slf),
             IoOp::Write => Self::run_write(slf),
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
-            IoOp::Eof => Ok(()),
+            // Not used by datagram transports (readiness only).
+            IoOp::Eof | IoOp::Done(_) | IoOp::Deliver => Ok(()),
         }
     }
 

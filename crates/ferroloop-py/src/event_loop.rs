@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferroloop_core::clock::{monotonic_ns, ns_to_secs, secs_to_ns};
+use ferroloop_core::driver::uring::Uring;
 use ferroloop_core::driver::{Backend, Driver, Event, Interest};
 use ferroloop_core::ready::ReadyQueue;
 use ferroloop_core::sources::Sources;
@@ -24,10 +25,11 @@ use ferroloop_core::timer::TimerQueue;
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::cell::AttachedCell;
+use crate::completion::{Buffers, OpTable};
 use crate::glue::{self, os_error};
 use crate::handle::{Callback, Handle, TimerHandle};
 use crate::owner::{IoOp, Owner};
@@ -88,6 +90,11 @@ struct State {
     events: Vec<Event>,
     /// `set_task_factory`'s factory (asyncio's `_task_factory`).
     task_factory: Option<Py<PyAny>>,
+    /// Operations of the completion model in flight (`io_uring`).
+    ops: OpTable,
+    /// Stream transports use the completion model (the `io_uring` backend, unless
+    /// `FERROLOOP_URING_STREAMS=readiness`).
+    completion_streams: bool,
 }
 
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
@@ -147,6 +154,26 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     }
     // What the selectors' C calls say of an fd past a C int.
     RawFd::try_from(fd).map_err(|_| PyOverflowError::new_err("Python int too large to convert to C int"))
+}
+
+/// The kernel has what the completion model needs (only `io_uring` asks).
+fn completion_supported() -> bool {
+    #[cfg(target_os = "linux")]
+    return ferroloop_core::driver::uring::Uring::completion_supported();
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// How many of `parts` (buffers and their lengths) the first `bytes` bytes cover.
+fn at_index(parts: &[(u16, usize)], bytes: usize) -> usize {
+    let mut seen = 0;
+    parts
+        .iter()
+        .take_while(|&&(_, len)| {
+            seen += len;
+            seen <= bytes
+        })
+        .count()
 }
 
 /// How long an iteration may wait for I/O: not at all if callbacks are ready or the loop is
@@ -252,6 +279,112 @@ impl LoopCore {
             _ => None,
         };
         self.state.with(py, |s| s.ready.push(Ready::Io(owner, op, context)))
+    }
+
+    /// Whether stream transports of this loop use the completion model.
+    pub fn completion_streams(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state.with(py, |s| s.completion_streams && s.driver.is_some())
+    }
+
+    /// Starts an operation for `owner` with `start(driver, tag)`; `keep` lives until its last
+    /// completion. Returns the operation (its tag).
+    fn start_op(
+        &self,
+        py: Python<'_>,
+        owner: Owner,
+        keep: Option<Py<PyBytes>>,
+        start: impl FnOnce(&Uring, u64) -> std::io::Result<()>,
+    ) -> PyResult<usize> {
+        let started = self.state.with(py, |s| {
+            let uring = s.driver.as_deref().and_then(Driver::uring)?;
+            let op = s.ops.insert(owner, keep);
+            Some(match start(uring, op as u64) {
+                Ok(()) => Ok(op),
+                Err(e) => Err((e, s.ops.abandon(op))),
+            })
+        })?;
+        match started {
+            Some(Ok(op)) => Ok(op),
+            Some(Err((e, dropped))) => {
+                drop(dropped);
+                Err(os_error(&e))
+            }
+            None => Err(closed_error()),
+        }
+    }
+
+    /// Starts a multishot receive on `fd` for `owner`; returns the operation.
+    pub fn start_recv(&self, py: Python<'_>, fd: RawFd, owner: Owner) -> PyResult<usize> {
+        self.start_op(py, owner, None, |u, tag| u.recv_multishot(fd, tag))
+    }
+
+    /// Starts a multishot accept on the listening socket `fd` for `owner`; returns the operation.
+    pub fn start_accept(&self, py: Python<'_>, fd: RawFd, owner: Owner) -> PyResult<usize> {
+        self.start_op(py, owner, None, |u, tag| u.accept_multishot(fd, tag))
+    }
+
+    /// Starts sending `data[offset..]` on `fd` for `owner`, keeping `data` alive until the send
+    /// completes; returns the operation.
+    pub fn start_send(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        owner: Owner,
+        data: Py<PyBytes>,
+        offset: usize,
+    ) -> PyResult<usize> {
+        // SAFETY: a bytes object's buffer never moves or changes, and the table keeps `data` until
+        // the send's completion (or until the driver ended the send, at close).
+        let (ptr, len) = unsafe {
+            let p = data.as_ptr();
+            (
+                ffi::PyBytes_AS_STRING(p).cast::<u8>().add(offset),
+                (ffi::PyBytes_Size(p) as usize).saturating_sub(offset),
+            )
+        };
+        // SAFETY: see above: the memory lives in the table entry of the operation.
+        self.start_op(py, owner, Some(data), |u, tag| unsafe { u.send(fd, tag, ptr, len) })
+    }
+
+    /// Asks the kernel to end operation `op`; its last completion still comes.
+    pub fn cancel_op(&self, py: Python<'_>, op: usize) -> PyResult<()> {
+        self.state
+            .with(py, |s| match s.driver.as_deref().and_then(Driver::uring) {
+                Some(u) => u.cancel(op as u64),
+                None => Ok(()),
+            })?
+            .map_err(|e| os_error(&e))
+    }
+
+    /// The data receives left in provided buffers, as one `bytes`; the buffers go back to the
+    /// kernel. `None` if there were none.
+    pub fn take_buffers<'py>(&self, py: Python<'py>, buffers: &Buffers) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let parts = buffers.as_slice();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let total: usize = parts.iter().map(|&(_, len)| len).sum();
+        // NOTE: making the bytes inside the borrow is allowed: bytes are not GC-tracked.
+        let taken = self.state.with(py, |s| {
+            let uring = s.driver.as_deref().and_then(Driver::uring)?;
+            if let [(bid, len)] = parts {
+                return Some(Ok(uring.read_buffer(*bid, *len, |data| PyBytes::new(py, data))));
+            }
+            let mut at = 0;
+            let joined = PyBytes::new_with(py, total, |out| {
+                for &(bid, len) in parts {
+                    uring.read_buffer(bid, len, |data| out[at..at + len].copy_from_slice(data));
+                    at += len;
+                }
+                Ok(())
+            });
+            // A failed allocation still gives every buffer back.
+            for &(bid, _) in &parts[at_index(parts, at)..] {
+                uring.read_buffer(bid, 0, |_| ());
+            }
+            Some(joined)
+        })?;
+        taken.transpose()
     }
 
     /// A timer in the queue was cancelled: counts towards compaction.
@@ -502,7 +635,7 @@ impl LoopCore {
     /// uvloop's without the look, 1.099x with it.
     fn look_then_wait(&self, py: Python<'_>, driver: &Driver, events: &mut Vec<Event>) -> PyResult<()> {
         driver.wait(events, Some(Duration::ZERO)).map_err(|e| os_error(&e))?;
-        if !events.is_empty() {
+        if !events.is_empty() || driver.has_completions() {
             return Ok(());
         }
         // A signal that interrupted the look would otherwise not be handled until the blocking
@@ -563,11 +696,20 @@ impl LoopCore {
                 }
             }
             s.events = events;
+            let finished = match s.driver.clone() {
+                Some(d) => {
+                    let ready = &mut s.ready;
+                    s.ops.dispatch(py, &d, |owner, done| {
+                        ready.push(Ready::Io(owner, IoOp::Done(done), None));
+                    })
+                }
+                None => Vec::new(),
+            };
             while let Some(t) = s.timers.pop_due(now) {
                 t.get().unschedule();
                 s.ready.push(Ready::Native(t.into_bound(py).into_super().unbind()));
             }
-            stale
+            (stale, finished)
         })?;
         drop(stale);
         Ok(())
@@ -635,6 +777,8 @@ impl LoopCore {
                 sources: Sources::new(),
                 events: Vec::with_capacity(64),
                 task_factory: None,
+                ops: OpTable::default(),
+                completion_streams: false,
             }),
             read_buf: AttachedCell::new(Vec::new()),
             closed: AtomicBool::new(false),
@@ -647,7 +791,13 @@ impl LoopCore {
     fn _core_init(&self, py: Python<'_>, backend: &str) -> PyResult<()> {
         let backend: Backend = backend.parse().map_err(PyValueError::new_err)?;
         let driver = Driver::new(backend).map_err(|e| os_error(&e))?;
-        let old = self.state.with(py, |s| s.driver.replace(Arc::new(driver)))?;
+        let completion = backend == Backend::IoUring
+            && completion_supported()
+            && std::env::var("FERROLOOP_URING_STREAMS").map_or(true, |v| v != "readiness");
+        let old = self.state.with(py, |s| {
+            s.completion_streams = completion;
+            s.driver.replace(Arc::new(driver))
+        })?;
         drop(old);
         Ok(())
     }
@@ -953,6 +1103,13 @@ impl LoopCore {
     /// Drops every queued callback, timer and fd registration and closes the driver's fds.
     fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
         self.closed.store(true, Ordering::Relaxed);
+        // The kernel must be done with every operation's memory before the table lets go of it.
+        let driver = self.state.with(py, |s| s.driver.clone())?;
+        if let Some(u) = driver.as_deref().and_then(Driver::uring) {
+            py.detach(|| u.drain_ops());
+        }
+        let ops = self.state.with(py, |s| s.ops.drain())?;
+        drop(ops);
         let dropped = self.state.with(py, |s| {
             let sources = match s.driver.as_deref() {
                 Some(d) => s.sources.drain(d),
@@ -992,6 +1149,7 @@ impl LoopCore {
             }
         }
         visit.call(&s.task_factory)?;
+        s.ops.traverse(&visit)?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! `ferroloop._ferroloop`: the extension module behind the `ferroloop` package.
 
 mod cell;
+mod completion;
 mod datagram;
 mod event_loop;
 mod fastcall;

@@ -6,6 +6,11 @@
 //! server's factory and a transport straight away: no task and no waiter per connection, where
 //! asyncio runs a coroutine for each. Running out of fds is reported and retried after
 //! `ACCEPT_RETRY_DELAY`, as asyncio does.
+//!
+//! On the `io_uring` backend (completion model) a listener is one multishot accept: each
+//! completion is an accepted fd, handled as above (its peer address from `getpeername`, which a
+//! multishot accept does not report). Stopping cancels it; connections accepted meanwhile are
+//! closed.
 
 use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +22,8 @@ use pyo3::{PyTraverseError, PyVisit};
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
 
+use crate::cell::AttachedCell;
+use crate::completion::Done;
 use crate::event_loop::{copy_context, LoopCore};
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
@@ -40,11 +47,14 @@ pub struct Listener {
     context: Py<PyAny>,
     /// False once stopped, and while waiting to retry after running out of fds.
     active: AtomicBool,
+    /// The multishot accept in flight (completion model).
+    accept_op: AttachedCell<Option<usize>>,
+    completion: bool,
 }
 
 impl Listener {
     pub fn wants(&self) -> Interest {
-        if self.active.load(Ordering::Relaxed) {
+        if self.active.load(Ordering::Relaxed) && !self.completion {
             Interest::READABLE
         } else {
             Interest::NONE
@@ -58,12 +68,12 @@ impl Listener {
     pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
         match op {
             IoOp::Read => Self::accept_ready(slf),
-            IoOp::Start(_) | IoOp::Write | IoOp::ConnectionLost(_) | IoOp::Eof => Ok(()),
+            IoOp::Done(done) => Self::accept_done(slf, &done),
+            IoOp::Start(_) | IoOp::Write | IoOp::ConnectionLost(_) | IoOp::Eof | IoOp::Deliver => Ok(()),
         }
     }
 
     fn accept_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
         for _ in 0..this.backlog {
             if !this.active.load(Ordering::Relaxed) {
@@ -72,32 +82,99 @@ impl Listener {
             match rustix::net::acceptfrom_with(fd_of(this.fd), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
                 Ok((conn, addr)) => Self::accepted(slf, conn.into_raw_fd(), addr)?,
                 Err(Errno::AGAIN | Errno::INTR | Errno::CONNABORTED) => return Ok(()),
-                Err(e @ (Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)) => {
-                    this.active.store(false, Ordering::Relaxed);
-                    this.loop_.get().set_owner_interest(py, this.fd, Interest::NONE)?;
-                    let exc = os_error(&e.into());
-                    glue::helper(py, "accept_out_of_resources")?.call1((
-                        this.loop_.bind(py),
-                        slf,
-                        &this.sock,
-                        exc.value(py),
-                    ))?;
-                    return Ok(());
-                }
-                Err(e) => {
-                    // asyncio lets this escape its reader callback, so the loop reports it.
-                    let exc = os_error(&e.into());
-                    glue::helper(py, "report_call_error")?.call1((
-                        this.loop_.bind(py),
-                        slf.getattr("_accept")?,
-                        (),
-                        exc.value(py),
-                    ))?;
-                    return Ok(());
-                }
+                Err(e) => return Self::accept_failed(slf, e),
             }
         }
         Ok(())
+    }
+
+    /// A failed accept, as asyncio's `_accept_connection` treats it: out of resources, report
+    /// and retry after a delay; anything else, report.
+    fn accept_failed(slf: &Bound<'_, Self>, e: Errno) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let exc = os_error(&e.into());
+        if matches!(e, Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) {
+            Self::pause(slf)?;
+            glue::helper(py, "accept_out_of_resources")?.call1((
+                this.loop_.bind(py),
+                slf,
+                &this.sock,
+                exc.value(py),
+            ))?;
+            return Ok(());
+        }
+        // asyncio lets this escape its reader callback, so the loop reports it.
+        glue::helper(py, "report_call_error")?.call1((
+            this.loop_.bind(py),
+            slf.getattr("_accept")?,
+            (),
+            exc.value(py),
+        ))?;
+        Ok(())
+    }
+
+    /// Stops accepting until `_start` (readiness: no interest; completion: the accept cancelled).
+    fn pause(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.active.store(false, Ordering::Relaxed);
+        if this.completion {
+            if let Some(op) = this.accept_op.with(py, |op| *op)? {
+                this.loop_.get().cancel_op(py, op)?;
+            }
+            return Ok(());
+        }
+        this.loop_.get().set_owner_interest(py, this.fd, Interest::NONE)
+    }
+
+    /// A completion of the multishot accept: a connection, or why it ended.
+    fn accept_done(slf: &Bound<'_, Self>, done: &Done) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let ours = this.accept_op.with(py, |op| {
+            let ours = *op == Some(done.op);
+            if ours && !done.more {
+                *op = None;
+            }
+            ours
+        })?;
+        let active = ours && this.active.load(Ordering::Relaxed);
+        let conn_fd: RawFd = done.result;
+        if conn_fd >= 0 {
+            if active {
+                // SAFETY: the kernel just made `conn_fd` for us; nothing else uses it yet.
+                let peer = rustix::net::getpeername(unsafe { std::os::fd::BorrowedFd::borrow_raw(conn_fd) })
+                    .ok()
+                    .flatten();
+                Self::accepted(slf, conn_fd, peer)?;
+            } else {
+                // Accepted while stopping: nobody will serve it.
+                // SAFETY: the kernel just made `conn_fd` for us; nothing else uses it.
+                drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn_fd) });
+            }
+        }
+        if done.result < 0 && active {
+            let e = Errno::from_raw_os_error(-done.result);
+            if !matches!(e, Errno::AGAIN | Errno::INTR | Errno::CONNABORTED | Errno::CANCELED) {
+                Self::accept_failed(slf, e)?;
+            }
+        }
+        // An accept that ended while the listener still serves is started again.
+        if !done.more && this.active.load(Ordering::Relaxed) && this.accept_op.with(py, |op| op.is_none())? {
+            Self::start_accepting(slf)?;
+        }
+        Ok(())
+    }
+
+    fn start_accepting(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let op = this
+            .loop_
+            .get()
+            .start_accept(py, this.fd, Owner::Listener(slf.clone().unbind()))?;
+        this.accept_op.with(py, |slot| *slot = Some(op))
     }
 
     /// `protocol_factory()` and a transport for it, as asyncio's `_accept_connection2` makes them.
@@ -171,6 +248,8 @@ impl Listener {
             ),
             context: copy_context(py)?,
             active: AtomicBool::new(false),
+            accept_op: AttachedCell::new(None),
+            completion: loop_.get().completion_streams(py)?,
         })
     }
 
@@ -182,6 +261,14 @@ impl Listener {
             return Ok(());
         }
         this.active.store(true, Ordering::Relaxed);
+        if this.completion {
+            // A retry after running out of fds may find the old accept still ending: it is
+            // started again when its last completion comes.
+            return match this.accept_op.with(py, |op| *op)? {
+                Some(_) => Ok(()),
+                None => Self::start_accepting(slf),
+            };
+        }
         this.loop_
             .get()
             .attach_owner(py, this.fd, Owner::Listener(slf.clone().unbind()))?;
@@ -194,9 +281,14 @@ impl Listener {
     }
 
     /// Stops accepting; the server closes the socket.
-    fn _stop(&self, py: Python<'_>) -> PyResult<()> {
-        self.active.store(false, Ordering::Relaxed);
-        self.loop_.get().detach_owner(py, self.fd)
+    fn _stop(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.completion {
+            return Self::pause(slf);
+        }
+        this.active.store(false, Ordering::Relaxed);
+        this.loop_.get().detach_owner(py, this.fd)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

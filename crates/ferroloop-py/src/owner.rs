@@ -9,6 +9,7 @@ use ferroloop_core::driver::Interest;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::completion::Done;
 use crate::datagram::DatagramTransport;
 use crate::listener::Listener;
 use crate::pipe::{ReadPipeTransport, WritePipeTransport};
@@ -26,6 +27,10 @@ pub enum IoOp {
     ConnectionLost(Option<Py<PyAny>>),
     /// `eof_received()` (a read pipe that hit end of file).
     Eof,
+    /// An operation of the completion model completed (or went one step further).
+    Done(Done),
+    /// Give the protocol what arrived while reading was paused (completion model).
+    Deliver,
 }
 
 pub enum Owner {

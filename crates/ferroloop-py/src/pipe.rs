@@ -263,7 +263,8 @@ impl ReadPipeTransport {
                 None => Ok(()),
             },
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
-            IoOp::Write => Ok(()),
+            // Pipes are readiness-driven on every backend.
+            IoOp::Write | IoOp::Done(_) | IoOp::Deliver => Ok(()),
         }
     }
 
@@ -608,7 +609,7 @@ impl WritePipeTransport {
             }
             IoOp::Write => Self::write_ready(slf),
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
-            IoOp::Eof => Ok(()),
+            IoOp::Eof | IoOp::Done(_) | IoOp::Deliver => Ok(()),
         }
     }
 

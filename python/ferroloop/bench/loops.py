@@ -11,7 +11,26 @@ KNOWN = {
     "asyncio": "asyncio:SelectorEventLoop",
     "uvloop": "uvloop:new_event_loop",
     "ferroloop": "ferroloop:new_event_loop",
+    # ferroloop on each of its backends (``ferroloop`` alone is the default, epoll).
+    "ferroloop-poll": "ferroloop.bench.loops:ferroloop_poll",
+    "ferroloop-select": "ferroloop.bench.loops:ferroloop_select",
+    "ferroloop-io_uring": "ferroloop.bench.loops:ferroloop_io_uring",
 }
+
+
+def _ferroloop_on(backend):
+    def make():
+        import ferroloop
+
+        return ferroloop.new_event_loop(backend=backend)
+
+    make.__name__ = f"ferroloop_{backend}"
+    return make
+
+
+ferroloop_poll = _ferroloop_on("poll")
+ferroloop_select = _ferroloop_on("select")
+ferroloop_io_uring = _ferroloop_on("io_uring")
 
 #: The loop every ratio is taken against.
 BASELINE = "asyncio"

@@ -24,11 +24,13 @@
 //! [`Driver::new`] fails with the reason, and [`Backend::available`] leaves it out, where the
 //! kernel refuses `io_uring` or lacks what it needs.
 
+#[cfg(target_os = "linux")]
+mod bufring;
 mod epoll;
 mod poll;
 mod select;
 #[cfg(target_os = "linux")]
-mod uring;
+pub mod uring;
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -137,6 +139,20 @@ pub struct Event {
     pub writable: bool,
 }
 
+/// The end (or one step, `more`) of an operation of the completion model (`io_uring`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The caller's tag given when the operation was started.
+    pub tag: u64,
+    /// The syscall's result: bytes, or a negated errno.
+    pub result: i32,
+    /// More completions of this operation follow (a multishot receive goes on).
+    pub more: bool,
+    /// The provided buffer holding a receive's data: read it with [`Driver::read_buffer`], which
+    /// gives it back.
+    pub buffer: Option<u16>,
+}
+
 /// A readiness driver over one OS API. All methods take `&self`: registrations may change while
 /// another thread is blocked in [`Driver::wait`].
 #[derive(Debug)]
@@ -144,8 +160,9 @@ pub enum Driver {
     Epoll(epoll::Epoll),
     Poll(poll::Poll),
     Select(select::Select),
+    /// Boxed: the ring's state is much larger than the other drivers'.
     #[cfg(target_os = "linux")]
-    IoUring(uring::Uring),
+    IoUring(Box<uring::Uring>),
 }
 
 impl Driver {
@@ -156,7 +173,7 @@ impl Driver {
             Backend::Poll => Ok(Driver::Poll(poll::Poll::new()?)),
             Backend::Select => Ok(Driver::Select(select::Select::new()?)),
             #[cfg(target_os = "linux")]
-            Backend::IoUring => Ok(Driver::IoUring(uring::Uring::new()?)),
+            Backend::IoUring => Ok(Driver::IoUring(Box::new(uring::Uring::new()?))),
             #[cfg(not(target_os = "linux"))]
             Backend::IoUring => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -222,6 +239,35 @@ impl Driver {
             #[cfg(target_os = "linux")]
             Driver::IoUring(d) => d.wait(events, timeout),
         }
+    }
+
+    /// The `io_uring` driver, where transports can use the completion model.
+    #[cfg(target_os = "linux")]
+    #[must_use]
+    pub fn uring(&self) -> Option<&uring::Uring> {
+        match self {
+            Driver::IoUring(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Moves the completions of the last wait into `out` (none but on `io_uring`).
+    pub fn take_completions(&self, out: &mut Vec<Completion>) {
+        #[cfg(target_os = "linux")]
+        if let Driver::IoUring(d) = self {
+            d.take_completions(out);
+        }
+        let _ = out;
+    }
+
+    /// True if the last wait reaped completions not yet taken.
+    #[must_use]
+    pub fn has_completions(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Driver::IoUring(d) = self {
+            return d.has_completions();
+        }
+        false
     }
 
     /// The waker that interrupts [`Driver::wait`] from any thread.

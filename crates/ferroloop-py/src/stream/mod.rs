@@ -34,6 +34,8 @@ use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::read;
 use crate::tls::TlsProtocol;
+
+mod completion;
 use crate::transport::{
     fd_of, flow_callback, is_exit, with_bytes, with_bytes_mut, write_buffer_limits, DEFAULT_HIGH_WATER,
     LOG_THRESHOLD_FOR_CONNLOST_WRITES,
@@ -100,6 +102,9 @@ struct State {
     empty_waiter: Option<Py<PyAny>>,
     /// What the loop watches the fd for on our behalf.
     interest: Interest,
+    /// Reads and queued writes are `io_uring` operations (see `completion.rs`).
+    completion: bool,
+    ops: completion::Ops,
 }
 
 impl State {
@@ -108,6 +113,9 @@ impl State {
     }
 
     fn wanted_interest(&self) -> Interest {
+        if self.completion {
+            return Interest::NONE;
+        }
         Interest {
             readable: self.started && self.is_reading() && !self.read_eof && self.conn_lost == 0,
             writable: !self.writes.is_empty(),
@@ -134,9 +142,15 @@ impl StreamTransport {
         &self.context
     }
 
-    /// Tells the loop what to watch the fd for, if that changed.
-    fn sync_interest(&self, py: Python<'_>) -> PyResult<()> {
-        let change = self.state.with(py, |s| {
+    /// Tells the loop what to watch the fd for, if that changed; in the completion model, starts
+    /// or cancels the receive and starts the next send.
+    fn sync_interest(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.with(py, |s| s.completion)? {
+            return Self::sync_ops(slf);
+        }
+        let change = this.state.with(py, |s| {
             let want = s.wanted_interest();
             (want != s.interest).then(|| {
                 s.interest = want;
@@ -144,7 +158,7 @@ impl StreamTransport {
             })
         })?;
         match change {
-            Some(interest) => self.lp().set_owner_interest(py, self.fd, interest),
+            Some(interest) => this.lp().set_owner_interest(py, this.fd, interest),
             None => Ok(()),
         }
     }
@@ -179,7 +193,7 @@ impl StreamTransport {
             return Ok(());
         }
         drop(dropped);
-        this.sync_interest(py)?;
+        Self::sync_interest(slf)?;
         this.lp()
             .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::ConnectionLost(exc))
     }
@@ -204,7 +218,7 @@ impl StreamTransport {
             }
         }
         this.state.with(py, |s| s.started = true)?;
-        this.sync_interest(py)?;
+        Self::sync_interest(slf)?;
         if let Some(waiter) = waiter {
             let waiter = waiter.bind(py);
             if !waiter.call_method0("cancelled")?.is_truthy()? {
@@ -215,10 +229,20 @@ impl StreamTransport {
     }
 
     fn run_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        match Self::read_step(slf)? {
+            None => Ok(()),
+            Some(ReadStep::Data(sink, large)) => Self::read_data(slf, &sink, large),
+            Some(ReadStep::Buffered(get_buffer, buffer_updated)) => {
+                Self::read_buffered(slf, &get_buffer, &buffer_updated)
+            }
+        }
+    }
+
+    /// Who a read goes to, if the transport reads now.
+    fn read_step<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<ReadStep<'py>>> {
         let py = slf.py();
-        let this = slf.get();
         // `Bound` clones: dropping them is a plain decref (a `Py` first checks thread state).
-        let reader = this.state.with(py, |s| {
+        slf.get().state.with(py, |s| {
             if s.conn_lost > 0 || !s.is_reading() {
                 return None;
             }
@@ -231,14 +255,7 @@ impl StreamTransport {
                     buffer_updated,
                 } => ReadStep::Buffered(get_buffer.bind(py).clone(), buffer_updated.bind(py).clone()),
             })
-        })?;
-        match reader {
-            None => Ok(()),
-            Some(ReadStep::Data(sink, large)) => Self::read_data(slf, &sink, large),
-            Some(ReadStep::Buffered(get_buffer, buffer_updated)) => {
-                Self::read_buffered(slf, &get_buffer, &buffer_updated)
-            }
-        }
+        })
     }
 
     fn read_data(slf: &Bound<'_, Self>, sink: &Sink<'_>, large: bool) -> PyResult<()> {
@@ -254,6 +271,12 @@ impl StreamTransport {
         if n == 0 {
             return Self::on_eof(slf);
         }
+        Self::give_data(slf, sink, data)
+    }
+
+    /// Gives one read's `bytes` to the protocol; an exception from it is asyncio's fatal error.
+    fn give_data(slf: &Bound<'_, Self>, sink: &Sink<'_>, data: Bound<'_, PyBytes>) -> PyResult<()> {
+        let py = slf.py();
         let (given, message) = match sink {
             Sink::Call(data_received) => (
                 data_received.call1((data,)).map(drop),
@@ -329,7 +352,7 @@ impl StreamTransport {
             Ok(true) => {
                 // Keep the connection open for writing; stop watching for reads.
                 this.state.with(py, |s| s.read_eof = true)?;
-                this.sync_interest(py)
+                Self::sync_interest(slf)
             }
             Ok(false) => Self::close(slf),
             Err(err) if is_exit(py, &err) => Err(err),
@@ -348,6 +371,15 @@ impl StreamTransport {
             Some(s.writes.flush(|iov| send_vectored(fd, iov)))
         })?;
         let Some(flushed) = flushed else { return Ok(()) };
+        Self::after_flush(slf, flushed)
+    }
+
+    /// What follows a write of queued data: flow control, the empty waiter, a pending close or
+    /// `write_eof`; or, if it failed, asyncio's fatal write error.
+    fn after_flush(slf: &Bound<'_, Self>, flushed: std::io::Result<(usize, Vec<Chunk>)>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let fd = this.fd;
         match flushed {
             Err(e)
                 if matches!(
@@ -361,7 +393,7 @@ impl StreamTransport {
                 let err = os_error(&e);
                 let dropped = this.state.with(py, |s| s.writes.clear())?;
                 drop(dropped);
-                this.sync_interest(py)?;
+                Self::sync_interest(slf)?;
                 Self::fatal_error(slf, &err, "Fatal write error on socket transport")?;
                 if let Some(w) = this
                     .state
@@ -382,10 +414,11 @@ impl StreamTransport {
                         s.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
                     )
                 })?;
+                // Not empty: the completion model sends the next chunk; readiness changes nothing.
+                Self::sync_interest(slf)?;
                 if !empty {
                     return Ok(());
                 }
-                this.sync_interest(py)?;
                 if let Some(w) = waiter {
                     w.bind(py).call_method1("set_result", (py.None(),))?;
                 }
@@ -471,6 +504,8 @@ impl StreamTransport {
             IoOp::Read => Self::run_read(slf),
             IoOp::Write => Self::run_write(slf),
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::Done(done) => Self::on_done(slf, done),
+            IoOp::Deliver => Self::deliver_held(slf),
             IoOp::Eof => Ok(()),
         }
     }
@@ -636,6 +671,8 @@ impl StreamTransport {
                 low_water: DEFAULT_HIGH_WATER / 4,
                 empty_waiter: None,
                 interest: Interest::NONE,
+                completion: loop_.get().completion_streams(py)?,
+                ops: completion::Ops::default(),
             }),
         };
         // Registration and the scheduled start need the Python object: `_start` does them.
@@ -712,7 +749,7 @@ impl StreamTransport {
             Sent::Failed(e) => Self::fatal_error(slf, &os_error(&e.into()), "Fatal write error on socket transport"),
             Sent::Part(chunk, offset) => {
                 this.state.with(py, |s| s.writes.push(chunk, offset))?;
-                this.sync_interest(py)?;
+                Self::sync_interest(slf)?;
                 Self::maybe_pause_protocol(slf)
             }
         }
@@ -758,7 +795,7 @@ impl StreamTransport {
             }
         })?;
         let Some(lost) = lost else { return Ok(()) };
-        this.sync_interest(py)?;
+        Self::sync_interest(slf)?;
         if lost {
             this.lp()
                 .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::ConnectionLost(None))?;
@@ -792,7 +829,7 @@ impl StreamTransport {
             reading
         })?;
         if changed {
-            this.sync_interest(py)?;
+            Self::sync_interest(slf)?;
             if this.lp().debug() {
                 glue::helper(py, "log_debug")?.call1(("%r pauses reading", slf))?;
             }
@@ -809,7 +846,7 @@ impl StreamTransport {
             resume
         })?;
         if changed {
-            this.sync_interest(py)?;
+            Self::sync_interest(slf)?;
             if this.lp().debug() {
                 glue::helper(py, "log_debug")?.call1(("%r resumes reading", slf))?;
             }
@@ -929,7 +966,13 @@ impl StreamTransport {
 
     /// `(reading, writing)`: what the loop watches the fd for on the transport's behalf.
     fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
-        self.state.with(py, |s| (s.interest.readable, s.interest.writable))
+        self.state.with(py, |s| {
+            if s.completion {
+                (s.ops.receiving(), s.ops.sending())
+            } else {
+                (s.interest.readable, s.interest.writable)
+            }
+        })
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
