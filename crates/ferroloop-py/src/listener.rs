@@ -16,6 +16,7 @@ use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferroloop_core::driver::Interest;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3::{PyTraverseError, PyVisit};
@@ -107,7 +108,7 @@ impl Listener {
         // asyncio lets this escape its reader callback, so the loop reports it.
         glue::helper(py, "report_call_error")?.call1((
             this.loop_.bind(py),
-            slf.getattr("_accept")?,
+            slf.getattr(intern!(py, "_accept"))?,
             (),
             exc.value(py),
         ))?;
@@ -187,7 +188,7 @@ impl Listener {
         kwargs.set_item("server", &self.server)?;
         self.loop_
             .bind(py)
-            .call_method("_make_socket_transport", (conn, protocol), Some(&kwargs))
+            .call_method(intern!(py, "_make_socket_transport"), (conn, protocol), Some(&kwargs))
             .map(drop)
     }
 
@@ -196,7 +197,7 @@ impl Listener {
         let py = slf.py();
         let this = slf.get();
         let (family, kind, proto) = this.kind;
-        let socket_type = py.import("socket")?.getattr("socket")?;
+        let socket_type = py.import("socket")?.getattr(intern!(py, "socket"))?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("fileno", conn_fd)?;
         let conn = match socket_type.call((family, kind | SOCK_NONBLOCK, proto), Some(&kwargs)) {
@@ -213,7 +214,7 @@ impl Listener {
             Ok(()) => Ok(()),
             Err(err) if is_exit(py, &err) => Err(err),
             Err(err) => {
-                conn.call_method0("close")?;
+                conn.call_method0(intern!(py, "close"))?;
                 glue::helper(py, "transport_creation_failed")?
                     .call1((this.loop_.bind(py), err.value(py)))
                     .map(drop)
@@ -236,15 +237,15 @@ impl Listener {
         let py = loop_.py();
         Ok(Listener {
             loop_: loop_.clone().unbind(),
-            fd: sock.call_method0("fileno")?.extract()?,
+            fd: sock.call_method0(intern!(py, "fileno"))?.extract()?,
             sock: sock.clone().unbind(),
             protocol_factory: protocol_factory.clone().unbind(),
             server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
             backlog: backlog.max(1),
             kind: (
-                sock.getattr("family")?.extract()?,
-                sock.getattr("type")?.extract()?,
-                sock.getattr("proto")?.extract()?,
+                sock.getattr(intern!(py, "family"))?.extract()?,
+                sock.getattr(intern!(py, "type"))?.extract()?,
+                sock.getattr(intern!(py, "proto"))?.extract()?,
             ),
             context: copy_context(py)?,
             active: AtomicBool::new(false),

@@ -13,8 +13,8 @@ use ferroloop_core::driver::Interest;
 use ferroloop_core::writeq::WriteQueue;
 use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
+use pyo3::{intern, PyTraverseError, PyVisit};
 use rustix::io::Errno;
 
 use crate::cell::AttachedCell;
@@ -83,7 +83,7 @@ fn call_protocol<'py>(
     transport: &Bound<'py, PyAny>,
     common: &Common,
     protocol: &Bound<'py, PyAny>,
-    name: &str,
+    name: &Bound<'py, PyString>,
     args: &Bound<'py, PyTuple>,
 ) -> PyResult<()> {
     let py = transport.py();
@@ -199,7 +199,7 @@ impl ReadPipeTransport {
                 slf.as_any(),
                 &this.common,
                 protocol.bind(py),
-                "data_received",
+                intern!(py, "data_received"),
                 &PyTuple::new(py, [data])?,
             );
         }
@@ -243,7 +243,7 @@ impl ReadPipeTransport {
                         slf.as_any(),
                         &this.common,
                         p.bind(py),
-                        "connection_made",
+                        intern!(py, "connection_made"),
                         &PyTuple::new(py, [slf])?,
                     )?;
                 }
@@ -257,7 +257,7 @@ impl ReadPipeTransport {
                     slf.as_any(),
                     &this.common,
                     p.bind(py),
-                    "eof_received",
+                    intern!(py, "eof_received"),
                     &PyTuple::empty(py),
                 ),
                 None => Ok(()),
@@ -586,7 +586,7 @@ impl WritePipeTransport {
                         slf.as_any(),
                         &this.common,
                         p.bind(py),
-                        "connection_made",
+                        intern!(py, "connection_made"),
                         &PyTuple::new(py, [slf])?,
                     )?;
                 }

@@ -22,6 +22,7 @@ use ferroloop_core::writeq::WriteQueue;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -204,14 +205,17 @@ impl StreamTransport {
         // connection_made runs as its own callback in asyncio: its exception is reported, and
         // reading starts regardless.
         if let Some(protocol) = this.protocol(py)? {
-            let made = protocol.bind(py).call_method1("connection_made", (slf,)).map(drop);
+            let made = protocol
+                .bind(py)
+                .call_method1(intern!(py, "connection_made"), (slf,))
+                .map(drop);
             if let Err(err) = made {
                 if is_exit(py, &err) {
                     return Err(err);
                 }
                 glue::helper(py, "report_call_error")?.call1((
-                    slf.getattr("_loop")?,
-                    protocol.bind(py).getattr("connection_made")?,
+                    slf.getattr(intern!(py, "_loop"))?,
+                    protocol.bind(py).getattr(intern!(py, "connection_made"))?,
                     PyTuple::new(py, [slf])?,
                     err.value(py),
                 ))?;
@@ -221,8 +225,8 @@ impl StreamTransport {
         Self::sync_interest(slf)?;
         if let Some(waiter) = waiter {
             let waiter = waiter.bind(py);
-            if !waiter.call_method0("cancelled")?.is_truthy()? {
-                waiter.call_method1("set_result", (py.None(),))?;
+            if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+                waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
             }
         }
         Ok(())
@@ -346,7 +350,7 @@ impl StreamTransport {
         };
         match protocol
             .bind(py)
-            .call_method0("eof_received")
+            .call_method0(intern!(py, "eof_received"))
             .and_then(|keep| keep.is_truthy())
         {
             Ok(true) => {
@@ -399,7 +403,8 @@ impl StreamTransport {
                     .state
                     .with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py)))?
                 {
-                    w.bind(py).call_method1("set_exception", (err.value(py),))?;
+                    w.bind(py)
+                        .call_method1(intern!(py, "set_exception"), (err.value(py),))?;
                 }
                 Ok(())
             }
@@ -420,7 +425,7 @@ impl StreamTransport {
                     return Ok(());
                 }
                 if let Some(w) = waiter {
-                    w.bind(py).call_method1("set_result", (py.None(),))?;
+                    w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
                 }
                 if closing {
                     Self::connection_lost(slf, None)
@@ -441,7 +446,10 @@ impl StreamTransport {
             (s.proto.as_ref().map(|p| p.protocol.clone_ref(py)), s.protocol_connected)
         })?;
         let told = match protocol {
-            Some(p) if connected => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
+            Some(p) if connected => p
+                .bind(py)
+                .call_method1(intern!(py, "connection_lost"), (exc,))
+                .map(drop),
             _ => Ok(()),
         };
         // Whatever the protocol did, the socket is released (asyncio's `finally:`).
@@ -456,7 +464,7 @@ impl StreamTransport {
         })?;
         this.lp().detach_owner(py, this.fd)?;
         if let Some(sock) = sock {
-            sock.bind(py).call_method0("close")?;
+            sock.bind(py).call_method0(intern!(py, "close"))?;
         }
         drop(proto);
         if let Some(server) = server {
@@ -464,7 +472,8 @@ impl StreamTransport {
         }
         if let Some(w) = waiter {
             let err = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
-            w.bind(py).call_method1("set_exception", (err.value(py),))?;
+            w.bind(py)
+                .call_method1(intern!(py, "set_exception"), (err.value(py),))?;
         }
         told
     }
@@ -609,16 +618,16 @@ fn send_vectored(fd: RawFd, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
 
 fn make_proto(protocol: &Bound<'_, PyAny>) -> PyResult<Proto> {
     let py = protocol.py();
-    let buffered_type = py.import("asyncio")?.getattr("BufferedProtocol")?;
+    let buffered_type = py.import("asyncio")?.getattr(intern!(py, "BufferedProtocol"))?;
     let reader = if let Ok(tls) = protocol.cast::<TlsProtocol>() {
         Reader::Tls(tls.clone().unbind())
     } else if protocol.is_instance(&buffered_type)? {
         Reader::Buffered {
-            get_buffer: protocol.getattr("get_buffer")?.unbind(),
-            buffer_updated: protocol.getattr("buffer_updated")?.unbind(),
+            get_buffer: protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
+            buffer_updated: protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
         }
     } else {
-        Reader::Data(protocol.getattr("data_received")?.unbind())
+        Reader::Data(protocol.getattr(intern!(py, "data_received"))?.unbind())
     };
     Ok(Proto {
         protocol: protocol.clone().unbind(),
@@ -642,7 +651,7 @@ impl StreamTransport {
     ) -> PyResult<Self> {
         let _ = waiter; // resolved by `_start`, once the object exists
         let py = loop_.py();
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         let extra = glue::helper(py, "socket_extra")?
             .call1((sock, extra))?
             .cast_into::<PyDict>()?
@@ -756,7 +765,7 @@ impl StreamTransport {
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let data = PyBytes::new(slf.py(), &[]).call_method1("join", (list_of_data,))?;
+        let data = PyBytes::new(slf.py(), &[]).call_method1(intern!(slf.py(), "join"), (list_of_data,))?;
         Self::write(slf, &data)
     }
 
@@ -912,7 +921,7 @@ impl StreamTransport {
             s.writes.is_empty()
         })?;
         if empty {
-            waiter.call_method1("set_result", (py.None(),))?;
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
         }
         Ok(waiter.unbind())
     }
