@@ -359,3 +359,199 @@ def test_datagram_endpoints_leak_no_fd(run, loop):
         assert leaked_fds(before) == set()
 
     run(main())
+
+
+# -- several datagrams waiting at once ------------------------------------------------------------
+# ferroloop reads up to a batch of datagrams per readable event where asyncio reads one; these
+# tests pin what must not change: every datagram once, in order, and pause_reading(), close() or
+# set_protocol() inside datagram_received() taking effect from the next datagram on.
+
+
+async def queued_endpoint(loop, protocol_factory, count):
+    """A server endpoint with `count` datagrams already waiting in its socket (sent from a plain
+    socket before the loop looks at it again), and that socket's address."""
+    server, protocol = await loop.create_datagram_endpoint(
+        protocol_factory, local_addr=("127.0.0.1", 0)
+    )
+    address = server.get_extra_info("sockname")
+    with socket.socket(type=socket.SOCK_DGRAM) as sender:
+        sender.bind(("127.0.0.1", 0))
+        for i in range(count):
+            sender.sendto(b"%d" % i, address)
+        return server, protocol, sender.getsockname()
+
+
+def test_queued_datagrams_all_delivered_in_order(run, loop):
+    async def main():
+        server, protocol, sender = await queued_endpoint(loop, Datagrams, 100)
+        got = [await protocol.datagrams.get() for _ in range(100)]
+        assert got == [(b"%d" % i, sender) for i in range(100)]
+        server.close()
+        await protocol.lost
+        assert protocol.calls == ["made"] + ["datagram"] * 100 + ["lost"]
+
+    run(main())
+
+
+class PausesAfterFirst(Datagrams):
+    def datagram_received(self, data, addr):
+        super().datagram_received(data, addr)
+        if len(self.calls) == 2:
+            self.transport.pause_reading()
+
+
+def test_pause_reading_inside_datagram_received_stops_delivery(run, loop):
+    async def main():
+        server, protocol, sender = await queued_endpoint(loop, PausesAfterFirst, 5)
+        assert await protocol.datagrams.get() == (b"0", sender)
+        await iterations()
+        assert protocol.datagrams.empty() and not server.is_reading()
+        server.resume_reading()
+        got = [await protocol.datagrams.get() for _ in range(4)]
+        assert got == [(b"%d" % i, sender) for i in range(1, 5)]
+        server.close()
+        await protocol.lost
+
+    run(main())
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_close_inside_datagram_received_stops_delivery(run, loop, how):
+    class Closes(Datagrams):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            getattr(self.transport, how)()
+
+    async def main():
+        server, protocol, sender = await queued_endpoint(loop, Closes, 5)
+        assert await protocol.lost is None
+        await iterations()
+        assert protocol.calls == ["made", "datagram", "lost"]
+        assert protocol.datagrams.get_nowait() == (b"0", sender)
+
+    run(main())
+
+
+def test_set_protocol_inside_datagram_received(run, loop):
+    async def main():
+        second = Datagrams()
+
+        class Hands(Datagrams):
+            def datagram_received(self, data, addr):
+                super().datagram_received(data, addr)
+                self.transport.set_protocol(second)
+
+        server, first, sender = await queued_endpoint(loop, Hands, 4)
+        got = [await second.datagrams.get() for _ in range(3)]
+        assert got == [(b"%d" % i, sender) for i in range(1, 4)]
+        assert first.calls == ["made", "datagram"]
+        assert server.get_protocol() is second
+        server.close()
+        await iterations()
+        assert second.calls == ["datagram"] * 3 + ["lost"]
+
+    run(main())
+
+
+def test_datagram_received_errors_reported_and_reading_goes_on(run, loop):
+    class Fails(Datagrams):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data in (b"1", b"2"):
+                raise ZeroDivisionError(data)
+
+    async def main():
+        handled = []
+        loop.set_exception_handler(lambda _loop, context: handled.append(context))
+        server, protocol, sender = await queued_endpoint(loop, Fails, 4)
+        got = [await protocol.datagrams.get() for _ in range(4)]
+        assert got == [(b"%d" % i, sender) for i in range(4)]
+        assert [c["exception"].args for c in handled] == [(b"1",), (b"2",)]
+        assert not server.is_closing()
+        server.close()
+        await protocol.lost
+
+    run(main())
+
+
+def test_addresses_of_many_peers(run, loop):
+    # More peers than ferroloop caches addresses of, each sending twice: every datagram carries
+    # its own sender's address.
+    async def main():
+        server, protocol = await loop.create_datagram_endpoint(
+            Datagrams, local_addr=("127.0.0.1", 0)
+        )
+        address = server.get_extra_info("sockname")
+        senders = [socket.socket(type=socket.SOCK_DGRAM) for _ in range(150)]
+        try:
+            for s in senders:
+                s.bind(("127.0.0.1", 0))
+            for _ in range(2):
+                for i, s in enumerate(senders):
+                    s.sendto(b"%d" % i, address)
+                    if i % 10 == 9:
+                        await iterations(1)
+                for i, s in enumerate(senders):
+                    assert await protocol.datagrams.get() == (b"%d" % i, s.getsockname())
+        finally:
+            for s in senders:
+                s.close()
+        server.close()
+        await protocol.lost
+
+    run(main())
+
+
+def test_sendto_reuses_no_stale_destination(run, loop):
+    # The same tuple object, an equal new one and other destinations interleaved: each datagram
+    # goes where its own address says, including replies to a received address.
+    async def main():
+        a, pa = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
+        b, pb = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
+        c, pc = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
+        b_addr, c_addr = b.get_extra_info("sockname"), c.get_extra_info("sockname")
+        a_addr = a.get_extra_info("sockname")
+        for dest in (b_addr, c_addr, b_addr, tuple(list(b_addr)), c_addr, ("127.0.0.1", b_addr[1])):
+            a.sendto(b"to %d" % dest[1], dest)
+        expected_b = [(b"to %d" % b_addr[1], a_addr)] * 4
+        expected_c = [(b"to %d" % c_addr[1], a_addr)] * 2
+        assert [await pb.datagrams.get() for _ in range(4)] == expected_b
+        assert [await pc.datagrams.get() for _ in range(2)] == expected_c
+        _, from_b = expected_b[0]
+        b.sendto(b"reply", from_b)
+        c.sendto(b"reply", from_b)
+        assert [await pa.datagrams.get() for _ in range(2)] == [
+            (b"reply", b_addr),
+            (b"reply", c_addr),
+        ]
+        for transport, protocol in ((a, pa), (b, pb), (c, pc)):
+            transport.close()
+            await protocol.lost
+
+    run(main())
+
+
+def test_ipv6_addresses(run, loop):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+    async def main():
+        try:
+            a, pa = await loop.create_datagram_endpoint(Datagrams, local_addr=("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        b, pb = await loop.create_datagram_endpoint(Datagrams, local_addr=("::1", 0))
+        a_addr, b_addr = a.get_extra_info("sockname"), b.get_extra_info("sockname")
+        assert len(a_addr) == 4
+        for i in range(3):
+            a.sendto(b"%d" % i, b_addr)
+            a.sendto(b"short %d" % i, b_addr[:2])
+        got = [await pb.datagrams.get() for _ in range(6)]
+        assert got == [(d, a_addr) for i in range(3) for d in (b"%d" % i, b"short %d" % i)]
+        b.sendto(b"back", got[0][1])
+        assert await pa.datagrams.get() == (b"back", b_addr)
+        for transport, protocol in ((a, pa), (b, pb)):
+            transport.close()
+            await protocol.lost
+
+    run(main())
