@@ -47,6 +47,7 @@ test: test-rust test-py conformance test-backends ## Run the whole suite: Rust, 
 
 test-rust: ## Rust unit and integration tests of ferroloop-core
 	cargo test -p ferroloop-core
+	cargo test -p ferroloop-py --lib
 
 test-py: dev ## Python tests (tests/) against the installed build
 	@rc=0; $(VPY) -m pytest tests -q || rc=$$?; \

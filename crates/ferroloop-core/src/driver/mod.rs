@@ -20,8 +20,8 @@
 //! `poll`, `select` and `io_uring` keep their registrations in user space, behind a mutex that a
 //! blocked wait does not hold; see their module docs for what a registration changed during a wait
 //! does. The `select` driver has no `FD_SETSIZE` (1024) limit: it sizes its fd sets to the highest
-//! fd. The `io_uring` driver is readiness-based (one-shot `POLL_ADD`s re-armed after each report);
-//! [`Driver::new`] fails with the reason, and [`Backend::available`] leaves it out, where the
+//! fd. The `io_uring` driver reports readiness with one-shot `POLL_ADD`s re-armed after each
+//! report, and also runs operations of the completion model ([`Completion`]); [`Driver::new`] fails with the reason, and [`Backend::available`] leaves it out, where the
 //! kernel refuses `io_uring` or lacks what it needs.
 
 #[cfg(target_os = "linux")]

@@ -1,8 +1,10 @@
-//! The Linux `io_uring` driver, readiness-based: a one-shot `POLL_ADD` per registration, re-armed on the wait after it is reported.
+//! The Linux `io_uring` driver: readiness for registrations (a one-shot `POLL_ADD` each, re-armed
+//! on the wait after it is reported) and operations for the completion model (multishot receives
+//! into a provided-buffer ring, sends, multishot accepts).
 //!
-//! This is the readiness half of `io_uring` support: `add_reader`/`add_writer` semantics identical
-//! to the other drivers, so every loop API runs on it. The completion model for transports is a
-//! later step; the last section says where it plugs in.
+//! The readiness half gives `add_reader`/`add_writer` semantics identical to the other drivers,
+//! so every loop API runs on it; the completion half is what stream transports and listeners use
+//! on this backend (see the last section).
 //!
 //! # Why one-shot polls, not multishot
 //!
