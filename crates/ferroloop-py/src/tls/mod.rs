@@ -26,7 +26,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::cell::AttachedCell;
@@ -336,16 +336,21 @@ impl TlsProtocol {
         };
         this.with(py, |s| s.handshake_start = start)?;
         this.set_phase(py, Phase::DoHandshake)?;
-        let timer = this.loop_.bind(py).call_method1(
-            intern!(py, "call_later"),
-            (
-                this.handshake_timeout.bind(py),
-                slf.getattr(intern!(py, "_check_handshake_timeout"))?,
-            ),
-        )?;
-        let old = this.with(py, |s| s.handshake_timer.replace(timer.unbind()))?;
+        let timer = Self::call_later(slf, &this.handshake_timeout, intern!(py, "_check_handshake_timeout"))?;
+        let old = this.with(py, |s| s.handshake_timer.replace(timer))?;
         drop(old);
         Self::do_handshake(slf)
+    }
+
+    /// `loop.call_later(delay, self.<method>)`: a timeout's timer handle.
+    fn call_later(slf: &Bound<'_, Self>, delay: &Py<PyAny>, method: &Bound<'_, PyString>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let timer = slf
+            .get()
+            .loop_
+            .bind(py)
+            .call_method1(intern!(py, "call_later"), (delay.bind(py), slf.getattr(method)?))?;
+        Ok(timer.unbind())
     }
 
     fn do_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -434,14 +439,8 @@ impl TlsProtocol {
             return Self::abort(slf);
         }
         this.set_phase(py, Phase::Flushing)?;
-        let timer = this.loop_.bind(py).call_method1(
-            intern!(py, "call_later"),
-            (
-                this.shutdown_timeout.bind(py),
-                slf.getattr(intern!(py, "_check_shutdown_timeout"))?,
-            ),
-        )?;
-        let old = this.with(py, |s| s.shutdown_timer.replace(timer.unbind()))?;
+        let timer = Self::call_later(slf, &this.shutdown_timeout, intern!(py, "_check_shutdown_timeout"))?;
+        let old = this.with(py, |s| s.shutdown_timer.replace(timer))?;
         drop(old);
         Self::do_flush(slf)
     }
