@@ -370,7 +370,14 @@ impl Uring {
             // NOTE: the lock is released here: `Submitter` reads the queue's head and tail
             // atomically, and the kernel takes entries up to the tail it reads, so a push meanwhile
             // is safe (it is submitted now or by the next wait).
-            let result = self.ring.submitter().submit_with_args(1, &args);
+            // A zero timeout only collects what is there: `min_complete` 0 runs the pending task
+            // work (completions) and returns. Asking for one completion with a zero timeout instead
+            // took 50 µs per call on 6.18 with COOP_TASKRUN (an hrtimer armed and expired).
+            let result = if timeout == Some(Duration::ZERO) {
+                self.ring.submitter().submit_and_wait(0)
+            } else {
+                self.ring.submitter().submit_with_args(1, &args)
+            };
             let mut st = self.lock();
             st.waiting -= 1;
             match result {
