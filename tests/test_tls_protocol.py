@@ -6,6 +6,7 @@ inside TLS (start_tls over a TLS transport)."""
 import asyncio
 import logging
 import socket
+import ssl
 
 import pytest
 from helpers_net import Accepted, Recorder, iterations
@@ -242,3 +243,43 @@ def test_echo_sizes_round_trip(run, loop, size):
             await protocol.lost
 
     run(main())
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_failed_handshake_on_a_server(run, loop, debug):
+    """A client that does not trust the server: the server side fails its handshake (an SSLError,
+    an OSError: not reported), closes the connection, keeps serving, and reports the failure only
+    in debug mode (asyncio's 'Error on transport creation for incoming connection')."""
+
+    async def main():
+        loop.set_debug(debug)
+        errors = record_errors(loop)
+        accepted = Accepted(Recorder)
+        server = await loop.create_server(accepted, "127.0.0.1", 0, ssl=server_context())
+        async with server:
+            address = server.sockets[0].getsockname()
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await loop.create_connection(
+                    Recorder,
+                    *address,
+                    ssl=client_context("rogue-ca.pem"),
+                    server_hostname="localhost",
+                )
+            failed = await accepted.queue.get()  # its connection_made never comes
+            await settle(lambda: failed.lost.done() or len(errors) >= debug)
+            await iterations(20)
+            # The server still serves a client that trusts it.
+            transport, protocol = await loop.create_connection(
+                Recorder, *address, ssl=client_context(), server_hostname="localhost"
+            )
+            peer = await accepted.get()
+            transport.write(b"after")
+            assert await peer.received(5) == b"after"
+            transport.close()
+            await protocol.lost
+        loop.set_debug(False)
+        assert failed.calls == []
+        return [e["message"] for e in errors]
+
+    expected = ["Error on transport creation for incoming connection"] if debug else []
+    assert run(main()) == expected

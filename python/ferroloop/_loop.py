@@ -184,14 +184,20 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return _transports.DatagramTransport(self, sock, protocol, address, waiter, extra)
 
-    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, *args, **kwargs):
+    def _start_serving(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        tls = None
         if sslcontext is not None:
-            # TLS servers accept through asyncio's own path until TLS moves to Rust.
-            return super()._start_serving(
-                protocol_factory, sock, sslcontext, server, *args, **kwargs
-            )
-        backlog = args[0] if args else kwargs.get("backlog", 100)
-        listener = _ferroloop.Listener(self, sock, protocol_factory, server, backlog)
+            tls = (sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)
+        listener = _ferroloop.Listener(self, sock, protocol_factory, server, backlog, tls)
         self._listeners[sock.fileno()] = listener
         listener._start()
 

@@ -12,7 +12,7 @@ from asyncio import constants, protocols, sslproto
 
 from . import _ferroloop
 
-__all__ = ("SSLProtocol", "SSLTransport", "make_ssl_protocol", "start_tls")
+__all__ = ("SSLProtocol", "SSLTransport", "accept", "make_ssl_protocol", "start_tls")
 
 
 class SSLProtocol(_ferroloop.TlsProtocol, protocols.BufferedProtocol):
@@ -125,3 +125,45 @@ async def start_tls(
         resumed.cancel()
         raise
     return ssl_protocol._app_transport
+
+
+def accept(loop, conn, protocol_factory, extra, server, tls):
+    """A connection the Rust listener accepted on a TLS server: asyncio's ``_accept_connection2``
+    without its task. ``tls`` is ``(sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)``.
+
+    A failed handshake closes the connection on its own (the TLS protocol's fatal error); asyncio
+    also reports it when the loop is in debug mode, which needs a waiter, made only then.
+    """
+    sslcontext, handshake_timeout, shutdown_timeout = tls
+    protocol = protocol_factory()
+    waiter = loop.create_future() if loop.get_debug() else None
+    transport = loop._make_ssl_transport(
+        conn,
+        protocol,
+        sslcontext,
+        waiter,
+        server_side=True,
+        extra=extra,
+        server=server,
+        ssl_handshake_timeout=handshake_timeout,
+        ssl_shutdown_timeout=shutdown_timeout,
+    )
+    if waiter is not None:
+        waiter.add_done_callback(lambda w: _handshake_done(loop, w, protocol, transport))
+
+
+def _handshake_done(loop, waiter, protocol, transport):
+    exc = None if waiter.cancelled() else waiter.exception()
+    if exc is None:
+        return
+    transport.close()
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        raise exc
+    loop.call_exception_handler(
+        {
+            "message": "Error on transport creation for incoming connection",
+            "exception": exc,
+            "protocol": protocol,
+            "transport": transport,
+        }
+    )

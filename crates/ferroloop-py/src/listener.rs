@@ -5,7 +5,8 @@
 //! Python `socket.socket` (what `get_extra_info('socket')` returns), given a protocol from the
 //! server's factory and a transport straight away: no task and no waiter per connection, where
 //! asyncio runs a coroutine for each. Running out of fds is reported and retried after
-//! `ACCEPT_RETRY_DELAY`, as asyncio does.
+//! `ACCEPT_RETRY_DELAY`, as asyncio does. A TLS server's connections get their TLS protocol
+//! from `ferroloop._tls.accept` (asyncio's `_accept_connection2` without its task).
 //!
 //! On the `io_uring` backend (completion model) a listener is one multishot accept: each
 //! completion is an accepted fd, handled as above (its peer address from `getpeername`, which a
@@ -48,6 +49,8 @@ pub struct Listener {
     context: Py<PyAny>,
     /// False once stopped, and while waiting to retry after running out of fds.
     active: AtomicBool,
+    /// `(sslcontext, handshake_timeout, shutdown_timeout)` of a TLS server.
+    tls: Option<Py<PyAny>>,
     /// The multishot accept in flight (completion model).
     accept_op: AttachedCell<Option<usize>>,
     completion: bool,
@@ -180,9 +183,22 @@ impl Listener {
 
     /// `protocol_factory()` and a transport for it, as asyncio's `_accept_connection2` makes them.
     fn make_transport(&self, py: Python<'_>, conn: &Bound<'_, PyAny>, peername: &Bound<'_, PyAny>) -> PyResult<()> {
-        let protocol = self.protocol_factory.bind(py).call0()?;
         let extra = PyDict::new(py);
         extra.set_item("peername", peername)?;
+        if let Some(tls) = &self.tls {
+            // The TLS protocol and transport are made by ferroloop._tls (once per connection).
+            return glue::tls_accept(py)?
+                .call1((
+                    self.loop_.bind(py),
+                    conn,
+                    &self.protocol_factory,
+                    extra,
+                    &self.server,
+                    tls,
+                ))
+                .map(drop);
+        }
+        let protocol = self.protocol_factory.bind(py).call0()?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("extra", extra)?;
         kwargs.set_item("server", &self.server)?;
@@ -226,13 +242,14 @@ impl Listener {
 #[pymethods]
 impl Listener {
     #[new]
-    #[pyo3(signature = (loop_, sock, protocol_factory, server=None, backlog=100))]
+    #[pyo3(signature = (loop_, sock, protocol_factory, server=None, backlog=100, tls=None))]
     fn new(
         loop_: &Bound<'_, LoopCore>,
         sock: &Bound<'_, PyAny>,
         protocol_factory: &Bound<'_, PyAny>,
         server: Option<&Bound<'_, PyAny>>,
         backlog: usize,
+        tls: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let py = loop_.py();
         Ok(Listener {
@@ -249,6 +266,7 @@ impl Listener {
             ),
             context: copy_context(py)?,
             active: AtomicBool::new(false),
+            tls: tls.filter(|t| !t.is_none(py)),
             accept_op: AttachedCell::new(None),
             completion: loop_.get().completion_streams(py)?,
         })
@@ -297,6 +315,7 @@ impl Listener {
         visit.call(&self.sock)?;
         visit.call(&self.protocol_factory)?;
         visit.call(&self.server)?;
+        visit.call(&self.tls)?;
         visit.call(&self.context)
     }
 }
