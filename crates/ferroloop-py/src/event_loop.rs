@@ -371,13 +371,23 @@ impl LoopCore {
                 return Some(Ok(uring.read_buffer(*bid, *len, |data| PyBytes::new(py, data))));
             }
             let mut at = 0;
-            let joined = PyBytes::new_with(py, total, |out| {
-                for &(bid, len) in parts {
-                    uring.read_buffer(bid, len, |data| out[at..at + len].copy_from_slice(data));
-                    at += len;
-                }
-                Ok(())
-            });
+            // SAFETY: `PyBytes_FromStringAndSize(NULL, n)` returns a new bytes of `n` bytes, not
+            // yet initialised (or null with an exception set), referenced only here; every byte is
+            // written below before the object is handed out. (`PyBytes::new_with` zeroes it first:
+            // a 100 KiB memset per delivery, 5% of the server's CPU on tcp proto 100KiB.)
+            let joined = unsafe {
+                Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as isize))
+                    .map(|obj| {
+                        let out = ffi::PyBytes_AS_STRING(obj.as_ptr()).cast_mut().cast::<u8>();
+                        for &(bid, len) in parts {
+                            uring.read_buffer(bid, len, |data| {
+                                std::ptr::copy_nonoverlapping(data.as_ptr(), out.add(at), len);
+                            });
+                            at += len;
+                        }
+                        obj.cast_into_unchecked::<PyBytes>()
+                    })
+            };
             // A failed allocation still gives every buffer back.
             for &(bid, _) in &parts[at_index(parts, at)..] {
                 uring.read_buffer(bid, 0, |_| ());
