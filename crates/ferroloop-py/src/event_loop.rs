@@ -376,8 +376,8 @@ impl LoopCore {
             // written below before the object is handed out. (`PyBytes::new_with` zeroes it first:
             // a 100 KiB memset per delivery, 5% of the server's CPU on tcp proto 100KiB.)
             let joined = unsafe {
-                Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as isize))
-                    .map(|obj| {
+                Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as isize)).map(
+                    |obj| {
                         let out = ffi::PyBytes_AS_STRING(obj.as_ptr()).cast_mut().cast::<u8>();
                         for &(bid, len) in parts {
                             uring.read_buffer(bid, len, |data| {
@@ -386,7 +386,8 @@ impl LoopCore {
                             at += len;
                         }
                         obj.cast_into_unchecked::<PyBytes>()
-                    })
+                    },
+                )
             };
             // A failed allocation still gives every buffer back.
             for &(bid, _) in &parts[at_index(parts, at)..] {

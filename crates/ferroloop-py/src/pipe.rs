@@ -97,6 +97,57 @@ fn call_protocol<'py>(
     }
 }
 
+/// What the two ends' states share, for the steps they take alike.
+trait PipeState {
+    fn protocol(&self) -> Option<&Py<PyAny>>;
+    fn set_started(&mut self);
+    /// The pipe and the protocol, taken out; the registration forgotten.
+    fn release(&mut self) -> (Option<Py<PyAny>>, Option<Py<PyAny>>);
+}
+
+fn protocol_of<S: PipeState>(py: Python<'_>, state: &AttachedCell<S>) -> PyResult<Option<Py<PyAny>>> {
+    state.with(py, |s| s.protocol().map(|p| p.clone_ref(py)))
+}
+
+/// The transport's start: `connection_made` (its exception reported), then it counts as started.
+fn start<S: PipeState>(transport: &Bound<'_, PyAny>, common: &Common, state: &AttachedCell<S>) -> PyResult<()> {
+    let py = transport.py();
+    if let Some(p) = protocol_of(py, state)? {
+        call_protocol(
+            transport,
+            common,
+            p.bind(py),
+            intern!(py, "connection_made"),
+            &PyTuple::new(py, [transport])?,
+        )?;
+    }
+    state.with(py, PipeState::set_started)
+}
+
+/// asyncio's `_call_connection_lost`: tell the protocol, then release the pipe (whatever the
+/// protocol did).
+fn connection_lost<S: PipeState>(
+    py: Python<'_>,
+    common: &Common,
+    state: &AttachedCell<S>,
+    exc: Option<Py<PyAny>>,
+) -> PyResult<()> {
+    let told = match protocol_of(py, state)? {
+        Some(p) => p
+            .bind(py)
+            .call_method1(intern!(py, "connection_lost"), (exc,))
+            .map(drop),
+        None => Ok(()),
+    };
+    let (pipe, protocol) = state.with(py, PipeState::release)?;
+    common.lp().detach_owner(py, common.fd)?;
+    if let Some(pipe) = pipe {
+        pipe.bind(py).call_method0(intern!(py, "close"))?;
+    }
+    drop(protocol);
+    told
+}
+
 fn resolve_waiter(py: Python<'_>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
     if let Some(waiter) = waiter {
         let waiter = waiter.bind(py);
@@ -124,6 +175,21 @@ impl ReadState {
     }
 }
 
+impl PipeState for ReadState {
+    fn protocol(&self) -> Option<&Py<PyAny>> {
+        self.protocol.as_ref()
+    }
+
+    fn set_started(&mut self) {
+        self.started = true;
+    }
+
+    fn release(&mut self) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
+        self.interest = Interest::NONE;
+        (self.pipe.take(), self.protocol.take())
+    }
+}
+
 #[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
 pub struct ReadPipeTransport {
     common: Common,
@@ -132,7 +198,7 @@ pub struct ReadPipeTransport {
 
 impl ReadPipeTransport {
     fn protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.state.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))
+        protocol_of(py, &self.state)
     }
 
     fn sync_interest(&self, py: Python<'_>) -> PyResult<()> {
@@ -215,22 +281,8 @@ impl ReadPipeTransport {
     }
 
     fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
-        let told = match this.protocol(py)? {
-            Some(p) => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
-            None => Ok(()),
-        };
-        let (pipe, protocol) = this.state.with(py, |s| {
-            s.interest = Interest::NONE;
-            (s.pipe.take(), s.protocol.take())
-        })?;
-        this.common.lp().detach_owner(py, this.common.fd)?;
-        if let Some(pipe) = pipe {
-            pipe.bind(py).call_method0("close")?;
-        }
-        drop(protocol);
-        told
+        connection_lost(slf.py(), &this.common, &this.state, exc)
     }
 
     pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
@@ -238,16 +290,7 @@ impl ReadPipeTransport {
         let this = slf.get();
         match op {
             IoOp::Start(waiter) => {
-                if let Some(p) = this.protocol(py)? {
-                    call_protocol(
-                        slf.as_any(),
-                        &this.common,
-                        p.bind(py),
-                        intern!(py, "connection_made"),
-                        &PyTuple::new(py, [slf])?,
-                    )?;
-                }
-                this.state.with(py, |s| s.started = true)?;
+                start(slf.as_any(), &this.common, &this.state)?;
                 this.sync_interest(py)?;
                 resolve_waiter(py, waiter)
             }
@@ -439,6 +482,21 @@ struct WriteState {
     interest: Interest,
 }
 
+impl PipeState for WriteState {
+    fn protocol(&self) -> Option<&Py<PyAny>> {
+        self.protocol.as_ref()
+    }
+
+    fn set_started(&mut self) {
+        self.started = true;
+    }
+
+    fn release(&mut self) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
+        self.interest = Interest::NONE;
+        (self.pipe.take(), self.protocol.take())
+    }
+}
+
 #[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
 pub struct WritePipeTransport {
     common: Common,
@@ -447,7 +505,7 @@ pub struct WritePipeTransport {
 
 impl WritePipeTransport {
     fn protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.state.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))
+        protocol_of(py, &self.state)
     }
 
     fn owner(slf: &Bound<'_, Self>) -> Owner {
@@ -558,22 +616,8 @@ impl WritePipeTransport {
     }
 
     fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
-        let told = match this.protocol(py)? {
-            Some(p) => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
-            None => Ok(()),
-        };
-        let (pipe, protocol) = this.state.with(py, |s| {
-            s.interest = Interest::NONE;
-            (s.pipe.take(), s.protocol.take())
-        })?;
-        this.common.lp().detach_owner(py, this.common.fd)?;
-        if let Some(pipe) = pipe {
-            pipe.bind(py).call_method0("close")?;
-        }
-        drop(protocol);
-        told
+        connection_lost(slf.py(), &this.common, &this.state, exc)
     }
 
     pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
@@ -581,16 +625,7 @@ impl WritePipeTransport {
         let this = slf.get();
         match op {
             IoOp::Start(waiter) => {
-                if let Some(p) = this.protocol(py)? {
-                    call_protocol(
-                        slf.as_any(),
-                        &this.common,
-                        p.bind(py),
-                        intern!(py, "connection_made"),
-                        &PyTuple::new(py, [slf])?,
-                    )?;
-                }
-                this.state.with(py, |s| s.started = true)?;
+                start(slf.as_any(), &this.common, &this.state)?;
                 this.sync_interest(py)?;
                 resolve_waiter(py, waiter)
             }
