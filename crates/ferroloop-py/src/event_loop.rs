@@ -346,6 +346,12 @@ impl LoopCore {
         self.start_op(py, owner, Some(data), |u, tag| unsafe { u.send(fd, tag, ptr, len) })
     }
 
+    /// Runs `f` with the `io_uring` driver (`None` on other backends or after close). `f` must not
+    /// run Python code.
+    pub fn with_uring<R>(&self, py: Python<'_>, f: impl FnOnce(Option<&Uring>) -> R) -> PyResult<R> {
+        self.state.with(py, |s| f(s.driver.as_deref().and_then(Driver::uring)))
+    }
+
     /// Asks the kernel to end operation `op`; its last completion still comes.
     pub fn cancel_op(&self, py: Python<'_>, op: usize) -> PyResult<()> {
         self.state

@@ -592,6 +592,25 @@ impl Uring {
         r
     }
 
+    /// Copies bytes `from..` of provided buffer `bid` (a completion's, of `len` bytes) into `out`,
+    /// as many as fit; the buffer stays ours (give it back with [`Uring::recycle`]). Returns the
+    /// bytes copied.
+    pub fn copy_out(&self, bid: u16, len: usize, from: usize, out: &mut [u8]) -> usize {
+        let st = self.lock();
+        let bufs = st.bufs.as_ref().expect("a completion with a buffer implies the ring");
+        let data = &bufs.slice(bid, len)[from.min(len)..];
+        let n = data.len().min(out.len());
+        out[..n].copy_from_slice(&data[..n]);
+        n
+    }
+
+    /// Gives provided buffer `bid` back to the kernel.
+    pub fn recycle(&self, bid: u16) {
+        if let Some(bufs) = self.lock().bufs.as_mut() {
+            bufs.recycle(bid);
+        }
+    }
+
     /// Cancels every operation in flight and waits (up to a second) for their last completions,
     /// so that no kernel write or read of their memory can follow. Completions reaped here are
     /// discarded. True if none is left in flight.

@@ -26,6 +26,7 @@ use crate::completion::Done;
 use crate::glue::os_error;
 use crate::owner::{IoOp, Owner};
 use crate::transport::{is_exit, with_bytes_mut};
+use ferroloop_core::driver::uring::Uring;
 
 /// The operations a transport has in flight, and what they received while reading was paused.
 #[derive(Default)]
@@ -52,6 +53,75 @@ impl Ops {
     /// The peer's EOF has arrived (held, not yet given): nothing more will.
     fn eof_held(&self) -> bool {
         self.held.back().is_some_and(Option::is_none)
+    }
+}
+
+/// Received data being copied into a `BufferedProtocol`'s buffers: a `bytes`, or the provided
+/// buffers of a completion (copied from the ring directly, one copy fewer), with a cursor.
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    Ring {
+        parts: &'a [(u16, usize)],
+        /// The part being copied, and the offset in it.
+        part: usize,
+        from: usize,
+    },
+}
+
+impl Source<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Source::Bytes(b) => b.is_empty(),
+            Source::Ring { parts, part, .. } => *part >= parts.len(),
+        }
+    }
+
+    /// Copies as much as fits into `out` and moves past it. Runs no Python code.
+    fn copy_into(&mut self, uring: Option<&Uring>, out: &mut [u8]) -> usize {
+        match self {
+            Source::Bytes(b) => {
+                let n = b.len().min(out.len());
+                out[..n].copy_from_slice(&b[..n]);
+                *b = &b[n..];
+                n
+            }
+            Source::Ring { parts, part, from } => {
+                let Some(u) = uring else { return 0 };
+                let mut n = 0;
+                while n < out.len() && *part < parts.len() {
+                    let (bid, len) = parts[*part];
+                    let got = u.copy_out(bid, len, *from, &mut out[n..]);
+                    n += got;
+                    *from += got;
+                    if *from >= len {
+                        *part += 1;
+                        *from = 0;
+                    }
+                }
+                n
+            }
+        }
+    }
+
+    /// What is left, as a `bytes` (to hold while reading is paused).
+    fn rest<'py>(&mut self, py: Python<'py>, uring: Option<&Uring>) -> Bound<'py, PyBytes> {
+        let mut out = Vec::new();
+        match self {
+            Source::Bytes(b) => out.extend_from_slice(b),
+            Source::Ring { parts, part, from } => {
+                if let Some(u) = uring {
+                    for &(bid, len) in &parts[*part..] {
+                        let start = out.len();
+                        out.resize(start + len - *from, 0);
+                        u.copy_out(bid, len, *from, &mut out[start..]);
+                        *from = 0;
+                    }
+                }
+            }
+        }
+        *self = Source::Bytes(&[]);
+        // NOTE: bytes are not GC-tracked: making one inside the loop's borrow is allowed.
+        PyBytes::new(py, &out)
     }
 }
 
@@ -157,6 +227,27 @@ impl StreamTransport {
                 Kind::Stale
             }
         })?;
+        if matches!(kind, Kind::Recv) && !done.buffers.as_slice().is_empty() {
+            // A BufferedProtocol reading now gets the data straight from the ring buffers.
+            if let Some((get_buffer, buffer_updated)) = Self::buffered_now(slf)? {
+                let parts = done.buffers.as_slice();
+                let mut source = Source::Ring {
+                    parts,
+                    part: 0,
+                    from: 0,
+                };
+                let given = Self::give_buffered(slf, &get_buffer, &buffer_updated, &mut source);
+                this.lp().with_uring(py, |u| {
+                    if let Some(u) = u {
+                        for &(bid, _) in parts {
+                            u.recycle(bid);
+                        }
+                    }
+                })?;
+                given?;
+                return Self::sync_interest(slf);
+            }
+        }
         // The buffers go back to the kernel whatever becomes of their data.
         let data = this.lp().take_buffers(py, &done.buffers)?;
         match kind {
@@ -217,9 +308,26 @@ impl StreamTransport {
             None => Ok(()),
             Some(ReadStep::Data(sink, _)) => Self::give_data(slf, &sink, data),
             Some(ReadStep::Buffered(get_buffer, buffer_updated)) => {
-                Self::give_buffered(slf, &get_buffer, &buffer_updated, &data)
+                let mut source = Source::Bytes(data.as_bytes());
+                Self::give_buffered(slf, &get_buffer, &buffer_updated, &mut source)
             }
         }
+    }
+
+    /// The `BufferedProtocol`'s methods, if the protocol is one and data received now goes
+    /// straight to it (reading, and nothing held before it).
+    fn buffered_now<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+        let py = slf.py();
+        let direct = slf.get().state.with(py, |s| {
+            s.conn_lost == 0 && s.is_reading() && !s.read_eof && s.ops.held.is_empty()
+        })?;
+        if !direct {
+            return Ok(None);
+        }
+        Ok(match Self::read_step(slf)? {
+            Some(ReadStep::Buffered(get_buffer, buffer_updated)) => Some((get_buffer, buffer_updated)),
+            _ => None,
+        })
     }
 
     /// Copies received data into a `BufferedProtocol`'s buffers, as many as it takes; if the
@@ -228,27 +336,29 @@ impl StreamTransport {
         slf: &Bound<'_, Self>,
         get_buffer: &Bound<'_, PyAny>,
         buffer_updated: &Bound<'_, PyAny>,
-        data: &Bound<'_, PyBytes>,
+        source: &mut Source<'_>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let bytes = data.as_bytes();
-        let mut given = 0;
-        while given < bytes.len() {
+        while !source.is_empty() {
             let copied = get_buffer.call1((-1,)).and_then(|buf| {
                 let n = with_bytes_mut(&buf, |target| {
-                    let n = target.len().min(bytes.len() - given);
-                    target[..n].copy_from_slice(&bytes[given..given + n]);
-                    n
+                    if target.is_empty() {
+                        return Ok(0);
+                    }
+                    this.lp().with_uring(py, |u| source.copy_into(u, target))
                 });
-                n.filter(|&n| n > 0).ok_or_else(|| protocol_buffer_error(&buf))
+                match n {
+                    Some(Ok(n)) if n > 0 => Ok(n),
+                    Some(Err(err)) => Err(err),
+                    _ => Err(protocol_buffer_error(&buf)),
+                }
             });
             let n = match copied {
                 Ok(n) => n,
                 Err(err) if is_exit(py, &err) => return Err(err),
                 Err(err) => return Self::fatal_error(slf, &err, "Fatal error: protocol.get_buffer() call failed."),
             };
-            given += n;
             if let Err(err) = buffer_updated.call1((n,)) {
                 if is_exit(py, &err) {
                     return Err(err);
@@ -256,9 +366,9 @@ impl StreamTransport {
                 return Self::fatal_error(slf, &err, "Fatal error: protocol.buffer_updated() call failed.");
             }
             let reading = this.state.with(py, |s| s.conn_lost == 0 && s.is_reading())?;
-            if !reading && given < bytes.len() {
-                let rest = PyBytes::new(py, &bytes[given..]).unbind();
-                this.state.with(py, |s| s.ops.held.push_front(Some(rest)))?;
+            if !reading && !source.is_empty() {
+                let rest = this.lp().with_uring(py, |u| source.rest(py, u))?;
+                this.state.with(py, |s| s.ops.held.push_front(Some(rest.unbind())))?;
                 break;
             }
         }
