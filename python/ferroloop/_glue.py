@@ -10,6 +10,7 @@ from asyncio import base_events, constants, exceptions, format_helpers, trsock
 from asyncio.log import logger
 
 from . import _ferroloop
+from ._tls import accept as tls_accept  # noqa: F401  (called from the Rust listener)
 
 
 def extract_stack():
@@ -88,31 +89,33 @@ def socket_extra(sock, extra):
     return extra
 
 
-def transport_fatal_error(transport, exc, message):
-    """The report half of asyncio's ``_fatal_error``; the transport then closes itself."""
-    if isinstance(exc, OSError):
-        if transport._loop.get_debug():
-            logger.debug("%r: %s", transport, message, exc_info=True)
+def _report(loop, subject, exc, message, quiet, transport, protocol):
+    """The report half of asyncio's ``_fatal_error`` and of its failed-callback reports: a debug
+    record when ``quiet`` (and the loop is in debug mode), else the loop's exception handler."""
+    if quiet:
+        if loop.get_debug():
+            logger.debug("%r: %s", subject, message, exc_info=True)
     else:
-        transport._loop.call_exception_handler(
-            {
-                "message": message,
-                "exception": exc,
-                "transport": transport,
-                "protocol": transport.get_protocol(),
-            }
+        loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": transport, "protocol": protocol}
         )
 
 
+def transport_fatal_error(transport, exc, message):
+    """A socket transport's fatal error (an ``OSError`` is only logged); it then closes itself."""
+    quiet = isinstance(exc, OSError)
+    _report(transport._loop, transport, exc, message, quiet, transport, transport.get_protocol())
+
+
+def pipe_fatal_error(transport, exc, message):
+    """A read pipe's fatal error: only EIO (a tty hang-up) is just logged."""
+    quiet = isinstance(exc, OSError) and exc.errno == errno.EIO
+    _report(transport._loop, transport, exc, message, quiet, transport, transport.get_protocol())
+
+
 def protocol_callback_failed(transport, message, exc):
-    transport._loop.call_exception_handler(
-        {
-            "message": message,
-            "exception": exc,
-            "transport": transport,
-            "protocol": transport.get_protocol(),
-        }
-    )
+    """A protocol's ``pause_writing``/``resume_writing`` raised."""
+    _report(transport._loop, transport, exc, message, False, transport, transport.get_protocol())
 
 
 def log_debug(fmt, obj):
@@ -121,22 +124,6 @@ def log_debug(fmt, obj):
 
 def log_info(fmt, obj):
     logger.info(fmt, obj)
-
-
-def pipe_fatal_error(transport, exc, message):
-    """The report half of asyncio's read-pipe ``_fatal_error`` (EIO is a tty hang-up)."""
-    if isinstance(exc, OSError) and exc.errno == errno.EIO:
-        if transport._loop.get_debug():
-            logger.debug("%r: %s", transport, message, exc_info=True)
-    else:
-        transport._loop.call_exception_handler(
-            {
-                "message": message,
-                "exception": exc,
-                "transport": transport,
-                "protocol": transport.get_protocol(),
-            }
-        )
 
 
 def log_warning(message):
@@ -188,20 +175,15 @@ def transport_creation_failed(loop, exc):
 
 
 def tls_fatal_error(protocol, transport, exc, message):
-    """The report half of asyncio's ``SSLProtocol._fatal_error``."""
-    if isinstance(exc, OSError):
-        if protocol._loop.get_debug():
-            logger.debug("%r: %s", protocol, message, exc_info=True)
-    elif not isinstance(exc, exceptions.CancelledError):
-        protocol._loop.call_exception_handler(
-            {"message": message, "exception": exc, "transport": transport, "protocol": protocol}
-        )
+    """``SSLProtocol._fatal_error``'s report (a cancellation is not reported at all)."""
+    if isinstance(exc, exceptions.CancelledError):
+        return
+    _report(protocol._loop, protocol, exc, message, isinstance(exc, OSError), transport, protocol)
 
 
 def tls_flow_failed(protocol, message, exc, app_transport):
-    protocol._loop.call_exception_handler(
-        {"message": message, "exception": exc, "transport": app_transport, "protocol": protocol}
-    )
+    """The application's ``pause_writing``/``resume_writing`` raised (TLS)."""
+    _report(protocol._loop, protocol, exc, message, False, app_transport, protocol)
 
 
 def tls_log_handshake_time(protocol, ms):

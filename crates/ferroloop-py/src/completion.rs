@@ -101,6 +101,11 @@ impl OpTable {
         driver: &Driver,
         mut push: impl FnMut(Owner, Done),
     ) -> Vec<(Owner, Option<Py<PyBytes>>)> {
+        if self.ops.is_empty() {
+            // No operation in flight, so no completion: nothing to do (every iteration of a
+            // readiness backend comes here).
+            return Vec::new();
+        }
         driver.take_completions(&mut self.completions);
         let mut finished = Vec::new();
         for c in self.completions.drain(..) {
@@ -177,6 +182,6 @@ impl OpTable {
 /// Gives an unused buffer back to the kernel.
 fn recycle(driver: &Driver, buffer: Option<u16>) {
     if let (Some(bid), Some(u)) = (buffer, driver.uring()) {
-        u.read_buffer(bid, 0, |_| ());
+        u.recycle(bid);
     }
 }

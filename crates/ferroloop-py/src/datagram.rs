@@ -35,7 +35,7 @@ use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::sockaddr::{self, PeerCache};
 use crate::transport::{
-    fd_of, flow_callback, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    fd_of, flow_callback, is_exit, write_buffer_limits, WaterMarks, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// Datagrams read at most per readable event.
@@ -58,9 +58,8 @@ struct State {
     paused: bool,
     closing: bool,
     conn_lost: u32,
-    protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
+    /// asyncio's write-side flow control (`_FlowControlMixin`).
+    flow: WaterMarks,
     interest: Interest,
     /// The Python forms of recent peers' addresses (see [`PeerCache`]).
     peers: PeerCache,
@@ -370,11 +369,7 @@ impl DatagramTransport {
                 Sent::Failed(err) => return Self::send_failed(slf, &err),
             }
         }
-        let resume = this.state.with(py, |s| {
-            let resume = s.protocol_paused && s.buffer_size <= s.low_water;
-            s.protocol_paused &= !resume;
-            resume
-        })?;
+        let resume = this.state.with(py, |s| s.flow.should_resume(s.buffer_size))?;
         if resume {
             flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
         }
@@ -449,9 +444,7 @@ impl DatagramTransport {
                 paused: false,
                 closing: false,
                 conn_lost: 0,
-                protocol_paused: false,
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
+                flow: WaterMarks::default(),
                 interest: Interest::NONE,
                 peers: PeerCache::default(),
                 dest: None,
@@ -518,9 +511,7 @@ impl DatagramTransport {
         let pause = this.state.with(py, |s| {
             s.queue.push_back((bytes.unbind(), addr.map(Bound::unbind)));
             s.buffer_size += size;
-            let pause = s.buffer_size > s.high_water && !s.protocol_paused;
-            s.protocol_paused |= pause;
-            pause
+            s.flow.should_pause(s.buffer_size)
         })?;
         this.sync_interest(py)?;
         if pause {
@@ -611,7 +602,7 @@ impl DatagramTransport {
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        self.state.with(py, |s| (s.low_water, s.high_water))
+        self.state.with(py, |s| (s.flow.low, s.flow.high))
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -620,11 +611,9 @@ impl DatagramTransport {
         let this = slf.get();
         let (high, low) = write_buffer_limits(high, low)?;
         let pause = this.state.with(py, |s| {
-            s.high_water = high;
-            s.low_water = low;
-            let pause = s.buffer_size > s.high_water && !s.protocol_paused;
-            s.protocol_paused |= pause;
-            pause
+            s.flow.high = high;
+            s.flow.low = low;
+            s.flow.should_pause(s.buffer_size)
         })?;
         if pause {
             flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;

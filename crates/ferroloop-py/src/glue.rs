@@ -19,17 +19,6 @@ pub fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     module.bind(py).getattr(name)
 }
 
-static TLS_ACCEPT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `ferroloop._tls.accept`, looked up once.
-pub fn tls_accept(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    TLS_ACCEPT
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(PyModule::import(py, "ferroloop._tls")?.getattr("accept")?.unbind())
-        })
-        .map(|f| f.bind(py))
-}
-
 /// An `OSError` with `errno` and `strerror` set, so Python maps it to the right subclass
 /// (`PermissionError` for `EPERM`, ...), as the `select` module's errors are.
 pub fn os_error(err: &io::Error) -> PyErr {

@@ -187,7 +187,7 @@ impl Listener {
         extra.set_item("peername", peername)?;
         if let Some(tls) = &self.tls {
             // The TLS protocol and transport are made by ferroloop._tls (once per connection).
-            return glue::tls_accept(py)?
+            return glue::helper(py, "tls_accept")?
                 .call1((
                     self.loop_.bind(py),
                     conn,

@@ -23,7 +23,7 @@ use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::stream::Chunk;
 use crate::transport::{
-    fd_of, flow_callback, is_exit, write_buffer_limits, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    fd_of, flow_callback, is_exit, write_buffer_limits, WaterMarks, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// What both pipe transports hold besides their state.
@@ -476,9 +476,8 @@ struct WriteState {
     started: bool,
     closing: bool,
     conn_lost: u32,
-    protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
+    /// asyncio's write-side flow control (`_FlowControlMixin`).
+    flow: WaterMarks,
     interest: Interest,
 }
 
@@ -590,11 +589,7 @@ impl WritePipeTransport {
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let resume = this.state.with(py, |s| {
-            let resume = s.protocol_paused && s.writes.len() <= s.low_water;
-            s.protocol_paused &= !resume;
-            resume
-        })?;
+        let resume = this.state.with(py, |s| s.flow.should_resume(s.writes.len()))?;
         if resume {
             flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
         }
@@ -604,11 +599,7 @@ impl WritePipeTransport {
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let pause = this.state.with(py, |s| {
-            let pause = s.writes.len() > s.high_water && !s.protocol_paused;
-            s.protocol_paused |= pause;
-            pause
-        })?;
+        let pause = this.state.with(py, |s| s.flow.should_pause(s.writes.len()))?;
         if pause {
             flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
         }
@@ -679,9 +670,7 @@ impl WritePipeTransport {
                 started: false,
                 closing: false,
                 conn_lost: 0,
-                protocol_paused: false,
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
+                flow: WaterMarks::default(),
                 interest: Interest::NONE,
             }),
         })
@@ -812,15 +801,15 @@ impl WritePipeTransport {
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        self.state.with(py, |s| (s.low_water, s.high_water))
+        self.state.with(py, |s| (s.flow.low, s.flow.high))
     }
 
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
         let (high, low) = write_buffer_limits(high, low)?;
         slf.get().state.with(slf.py(), |s| {
-            s.high_water = high;
-            s.low_water = low;
+            s.flow.high = high;
+            s.flow.low = low;
         })?;
         Self::maybe_pause_protocol(slf)
     }

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use crate::glue;
 
 /// asyncio's default high-water mark for a transport's write buffer.
-pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 pub const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -118,6 +118,40 @@ pub fn flow_callback(transport: &Bound<'_, PyAny>, protocol: Option<Py<PyAny>>, 
                 .call1((transport, message, err.value(py)))
                 .map(drop)
         }
+    }
+}
+
+/// asyncio's write-side flow control (`_FlowControlMixin`): the water marks and whether the
+/// protocol was told to pause. Used inside a transport's state borrow (it runs no Python code).
+pub struct WaterMarks {
+    pub high: usize,
+    pub low: usize,
+    pub paused: bool,
+}
+
+impl Default for WaterMarks {
+    fn default() -> Self {
+        WaterMarks {
+            high: DEFAULT_HIGH_WATER,
+            low: DEFAULT_HIGH_WATER / 4,
+            paused: false,
+        }
+    }
+}
+
+impl WaterMarks {
+    /// With `size` bytes buffered: must the protocol be told `pause_writing` now? (Noted.)
+    pub fn should_pause(&mut self, size: usize) -> bool {
+        let pause = size > self.high && !self.paused;
+        self.paused |= pause;
+        pause
+    }
+
+    /// With `size` bytes buffered: must the protocol be told `resume_writing` now? (Noted.)
+    pub fn should_resume(&mut self, size: usize) -> bool {
+        let resume = self.paused && size <= self.low;
+        self.paused &= !resume;
+        resume
     }
 }
 

@@ -148,8 +148,8 @@ pub struct Completion {
     pub result: i32,
     /// More completions of this operation follow (a multishot receive goes on).
     pub more: bool,
-    /// The provided buffer holding a receive's data: read it with [`Driver::read_buffer`], which
-    /// gives it back.
+    /// The provided buffer holding a receive's data: copy it out and give it back
+    /// ([`uring::Uring::copy_out`], [`uring::Uring::recycle`]).
     pub buffer: Option<u16>,
 }
 

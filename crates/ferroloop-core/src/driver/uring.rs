@@ -64,7 +64,7 @@
 //! their CQEs are kept as [`Completion`]s for the caller to take after the wait
 //! ([`Uring::take_completions`]). A multishot receive picks its buffers from a provided-buffer
 //! ring ([`bufring`](super::bufring)), registered on first use; the caller copies the data out
-//! and gives the buffer back ([`Uring::read_buffer`]). Operations are submitted with the next
+//! and gives the buffer back ([`Uring::copy_out`], [`Uring::recycle`]). Operations are submitted with the next
 //! wait's `io_uring_enter`, so queueing one costs no syscall; a cancel is submitted at once, so
 //! that the file it holds is released when the caller closes its fd.
 //!
@@ -582,16 +582,6 @@ impl Uring {
         !self.lock().completions.is_empty()
     }
 
-    /// Runs `f` on the first `len` bytes of provided buffer `bid` (from a completion), then gives
-    /// the buffer back to the kernel. `f` runs under the driver's lock: it must be short.
-    pub fn read_buffer<R>(&self, bid: u16, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-        let mut st = self.lock();
-        let bufs = st.bufs.as_mut().expect("a completion with a buffer implies the ring");
-        let r = f(bufs.slice(bid, len));
-        bufs.recycle(bid);
-        r
-    }
-
     /// Copies bytes `from..` of provided buffer `bid` (a completion's, of `len` bytes) into `out`,
     /// as many as fit; the buffer stays ours (give it back with [`Uring::recycle`]). Returns the
     /// bytes copied.
@@ -756,6 +746,14 @@ mod tests {
         (a, b)
     }
 
+    /// A completion's data, and its buffer given back.
+    fn take(d: &Uring, bid: u16, len: usize) -> Vec<u8> {
+        let mut out = vec![0; len];
+        assert_eq!(d.copy_out(bid, len, 0, &mut out), len);
+        d.recycle(bid);
+        out
+    }
+
     fn wait_for(d: &Uring, n: usize) -> Vec<Completion> {
         let mut out = Vec::new();
         let mut events = Vec::new();
@@ -783,11 +781,10 @@ mod tests {
         assert_eq!(got.len(), 1, "{got:?}");
         let c = got[0];
         assert_eq!((c.tag, c.result, c.more), (7, 5, true));
-        let data = d.read_buffer(c.buffer.unwrap(), 5, <[u8]>::to_vec);
-        assert_eq!(data, b"hello");
+        assert_eq!(take(&d, c.buffer.unwrap(), 5), b"hello");
         b.write_all(b"again").unwrap();
         let c = wait_for(&d, 1)[0];
-        assert_eq!(d.read_buffer(c.buffer.unwrap(), 5, <[u8]>::to_vec), b"again");
+        assert_eq!(take(&d, c.buffer.unwrap(), 5), b"again");
         drop(b);
         let c = wait_for(&d, 1)[0];
         assert_eq!((c.result, c.more, c.buffer), (0, false, None)); // EOF ends it

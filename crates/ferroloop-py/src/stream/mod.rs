@@ -38,7 +38,7 @@ use crate::tls::TlsProtocol;
 
 mod completion;
 use crate::transport::{
-    fd_of, flow_callback, is_exit, with_bytes, with_bytes_mut, write_buffer_limits, DEFAULT_HIGH_WATER,
+    fd_of, flow_callback, is_exit, with_bytes, with_bytes_mut, write_buffer_limits, WaterMarks,
     LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
@@ -97,9 +97,8 @@ struct State {
     closing: bool,
     eof: bool,
     conn_lost: u32,
-    protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
+    /// asyncio's write-side flow control (`_FlowControlMixin`).
+    flow: WaterMarks,
     empty_waiter: Option<Py<PyAny>>,
     /// What the loop watches the fd for on our behalf.
     interest: Interest,
@@ -148,19 +147,21 @@ impl StreamTransport {
     fn sync_interest(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.state.with(py, |s| s.completion)? {
-            return Self::sync_ops(slf);
-        }
+        // One borrow: `Err` for the completion model, else the readiness interest if it changed.
         let change = this.state.with(py, |s| {
+            if s.completion {
+                return Err(());
+            }
             let want = s.wanted_interest();
-            (want != s.interest).then(|| {
+            Ok((want != s.interest).then(|| {
                 s.interest = want;
                 want
-            })
+            }))
         })?;
         match change {
-            Some(interest) => this.lp().set_owner_interest(py, this.fd, interest),
-            None => Ok(()),
+            Err(()) => Self::sync_ops(slf),
+            Ok(Some(interest)) => this.lp().set_owner_interest(py, this.fd, interest),
+            Ok(None) => Ok(()),
         }
     }
 
@@ -411,19 +412,20 @@ impl StreamTransport {
             Ok((_, done)) => {
                 drop(done);
                 Self::maybe_resume_protocol(slf)?;
-                let (empty, closing, eof, waiter) = this.state.with(py, |s| {
+                let (empty, completion, closing, eof, waiter) = this.state.with(py, |s| {
                     (
                         s.writes.is_empty(),
+                        s.completion,
                         s.closing,
                         s.eof,
                         s.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
                     )
                 })?;
-                // Not empty: the completion model sends the next chunk; readiness changes nothing.
-                Self::sync_interest(slf)?;
                 if !empty {
-                    return Ok(());
+                    // The completion model sends the next chunk; readiness keeps watching.
+                    return if completion { Self::sync_interest(slf) } else { Ok(()) };
                 }
+                Self::sync_interest(slf)?;
                 if let Some(w) = waiter {
                     w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
                 }
@@ -481,11 +483,7 @@ impl StreamTransport {
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let pause = this.state.with(py, |s| {
-            let pause = s.writes.len() > s.high_water && !s.protocol_paused;
-            s.protocol_paused |= pause;
-            pause
-        })?;
+        let pause = this.state.with(py, |s| s.flow.should_pause(s.writes.len()))?;
         if pause {
             flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
         }
@@ -495,11 +493,7 @@ impl StreamTransport {
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let resume = this.state.with(py, |s| {
-            let resume = s.protocol_paused && s.writes.len() <= s.low_water;
-            s.protocol_paused &= !resume;
-            resume
-        })?;
+        let resume = this.state.with(py, |s| s.flow.should_resume(s.writes.len()))?;
         if resume {
             flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
         }
@@ -675,9 +669,7 @@ impl StreamTransport {
                 closing: false,
                 eof: false,
                 conn_lost: 0,
-                protocol_paused: false,
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
+                flow: WaterMarks::default(),
                 empty_waiter: None,
                 interest: Interest::NONE,
                 completion: loop_.get().completion_streams(py)?,
@@ -896,15 +888,15 @@ impl StreamTransport {
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        self.state.with(py, |s| (s.low_water, s.high_water))
+        self.state.with(py, |s| (s.flow.low, s.flow.high))
     }
 
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
         let (high, low) = write_buffer_limits(high, low)?;
         slf.get().state.with(slf.py(), |s| {
-            s.high_water = high;
-            s.low_water = low;
+            s.flow.high = high;
+            s.flow.low = low;
         })?;
         Self::maybe_pause_protocol(slf)
     }
@@ -960,7 +952,7 @@ impl StreamTransport {
     /// The protocol was told to pause writing (asyncio's `_FlowControlMixin._protocol_paused`).
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.protocol_paused)
+        self.state.with(py, |s| s.flow.paused)
     }
 
     #[getter]

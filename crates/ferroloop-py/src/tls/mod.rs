@@ -350,7 +350,7 @@ impl TlsProtocol {
                 return Ok(b);
             }
         }
-        let view = PyMemoryView::from(&PyByteArray::new(py, &vec![0; want]))?
+        let view = PyMemoryView::from(PyByteArray::new_with(py, want, |_| Ok(()))?.as_any())?
             .into_any()
             .unbind();
         let old = self.with(py, |s| s.buffer.replace(view.clone_ref(py)))?;
@@ -496,12 +496,6 @@ impl TlsProtocol {
     #[getter]
     fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
         self.extra.clone_ref(py)
-    }
-
-    /// The phase, by asyncio's name for it (`"WRAPPED"`, ...).
-    #[getter]
-    fn _state_name(&self, py: Python<'_>) -> PyResult<&'static str> {
-        Ok(self.phase(py)?.name().trim_start_matches("SSLProtocolState."))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
