@@ -12,6 +12,9 @@
 //! finalizer may re-enter the loop) or drop the last reference to one. Move objects out and drop
 //! them after the closure returns. Cloning a `Py` (an incref) is fine.
 
+use std::ops::Deref;
+
+#[cfg(not(Py_GIL_DISABLED))]
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
@@ -53,7 +56,11 @@ impl<T> AttachedCell<T> {
 
     /// Read access for the GC's `__traverse__`, which runs while the world is stopped and cannot
     /// take a `Python` token. Returns `None` while the value is borrowed.
-    pub fn for_traverse(&self) -> Option<&T> {
+    ///
+    /// The result is an opaque `Deref` (a plain reference here, a lock guard in free-threaded
+    /// builds) so that callers written against this build also compile against the other: bind
+    /// it and use `&*guard` or field access, and keep it alive for as long as you visit.
+    pub fn for_traverse(&self) -> Option<impl Deref<Target = T> + '_> {
         if self.borrowed.get() {
             return None;
         }
@@ -77,6 +84,7 @@ impl<T> AttachedCell<T> {
     }
 
     #[inline]
+    #[allow(clippy::unnecessary_wraps)] // the GIL build's signature, where a re-entrant borrow fails
     pub fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> PyResult<R> {
         match self.value.try_lock() {
             Ok(mut guard) => Ok(f(&mut guard)),
@@ -90,7 +98,20 @@ impl<T> AttachedCell<T> {
         }
     }
 
-    pub fn for_traverse(&self) -> Option<std::sync::MutexGuard<'_, T>> {
-        self.value.try_lock().ok()
+    /// Read access for `__traverse__` (see the GIL build's version). The guard holds the lock:
+    /// keep it alive while visiting and let it drop when `__traverse__` returns. Traversal runs
+    /// with the world stopped, and a thread inside `with` is not stopped there (the closure runs
+    /// no Python code, so it reaches no safe point), so the lock is normally free. If it is held
+    /// anyway (the module docs' rule was broken), skip the references: an unvisited reference
+    /// only keeps objects alive, it never gets one freed early. Never block: with the world
+    /// stopped, the holder cannot make progress (or is this very thread).
+    pub fn for_traverse(&self) -> Option<impl Deref<Target = T> + '_> {
+        match self.value.try_lock() {
+            Ok(guard) => Some(guard),
+            // `with` carries on after a panic poisoned the lock, so the GC must still see the
+            // references; otherwise every cycle through this object would leak for good.
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 }

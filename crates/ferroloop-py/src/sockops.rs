@@ -192,7 +192,7 @@ impl SockOp {
         visit.call(&self.loop_)?;
         visit.call(&self.future)?;
         if let Some(h) = self.handle.for_traverse() {
-            visit.call(h)?;
+            visit.call(&*h)?;
         }
         Ok(())
     }
