@@ -7,7 +7,6 @@ asyncio.Runner(loop_factory=ferroloop.new_event_loop)     # or with a Runner
 
 import asyncio as _asyncio
 import warnings as _warnings
-from asyncio import unix_events as _unix_events
 
 from ._ferroloop import Handle, TimerHandle
 from ._loop import BACKEND_ENV, Loop, backends
@@ -37,19 +36,35 @@ def run(main, *, debug=None, loop_factory=new_event_loop):
         return runner.run(main)
 
 
-class EventLoopPolicy(_unix_events._UnixDefaultEventLoopPolicy):
-    """An event loop policy whose loops are ferroloop loops (asyncio's policy API is deprecated
-    from Python 3.14 on; prefer ``loop_factory=ferroloop.new_event_loop``)."""
+def _make_policy_class():
+    from ._compat import policy_base
 
-    def _loop_factory(self):
-        return new_event_loop()
+    class EventLoopPolicy(policy_base()):
+        """An event loop policy whose loops are ferroloop loops (asyncio's policy API is
+        deprecated from Python 3.14 on; prefer ``loop_factory=ferroloop.new_event_loop``)."""
 
-    def __repr__(self):
-        return f"<{type(self).__module__}.{type(self).__qualname__}>"
+        def _loop_factory(self):
+            return new_event_loop()
+
+        def __repr__(self):
+            return f"<{type(self).__module__}.{type(self).__qualname__}>"
+
+    EventLoopPolicy.__module__ = __name__
+    return EventLoopPolicy
+
+
+def __getattr__(name):
+    # Built on first use: asyncio's policy classes are gone in 3.16, and `import ferroloop`
+    # must not need them.
+    if name == "EventLoopPolicy":
+        cls = globals()["EventLoopPolicy"] = _make_policy_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def install():
     """Make ferroloop asyncio's default loop through the (deprecated) policy API."""
+    policy = __getattr__("EventLoopPolicy")()
     with _warnings.catch_warnings():
         _warnings.simplefilter("ignore", DeprecationWarning)
-        _asyncio.set_event_loop_policy(EventLoopPolicy())
+        _asyncio.set_event_loop_policy(policy)

@@ -6,10 +6,20 @@ warnings) is formatted by asyncio's own helpers, word for word.
 
 import errno
 import sys
-from asyncio import base_events, constants, exceptions, format_helpers, trsock
+from asyncio import constants, exceptions
 from asyncio.log import logger
 
 from . import _ferroloop
+from ._compat import (
+    TransportSocket,
+    format_callback_source,
+    format_handle,
+    server_attach,  # noqa: F401  (called from the Rust transports)
+    server_detach,  # noqa: F401
+)
+from ._compat import (
+    extract_stack as _extract_stack,
+)
 from ._tls import accept as tls_accept  # noqa: F401  (called from the Rust listener)
 
 
@@ -17,7 +27,7 @@ def extract_stack():
     """The stack of the code that created a handle (debug mode's ``_source_traceback``)."""
     # Frame 0 is this function; frame 1 is the Python code that called call_soon/call_at/...
     # (the Rust frames in between are invisible to Python).
-    return format_helpers.extract_stack(sys._getframe(1))
+    return _extract_stack(sys._getframe(1))
 
 
 def handle_repr(handle):
@@ -30,7 +40,7 @@ def handle_repr(handle):
         info.append(f"when={handle._when}")
     callback = handle._callback
     if callback is not None:
-        info.append(format_helpers._format_callback_source(callback, handle._args))
+        info.append(format_callback_source(callback, handle._args))
     tb = handle._source_traceback
     if tb:
         frame = tb[-1]
@@ -40,7 +50,7 @@ def handle_repr(handle):
 
 def report_callback_error(handle, callback, args, exc):
     """Reports an exception raised by a handle's callback, as ``asyncio.Handle._run`` does."""
-    cb = format_helpers._format_callback_source(callback, args)
+    cb = format_callback_source(callback, args)
     context = {
         "message": f"Exception in callback {cb}",
         "exception": exc,
@@ -59,14 +69,14 @@ def run_handle_debug(loop, handle):
         handle._run()
         dt = loop.time() - t0
         if dt >= loop.slow_callback_duration:
-            logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), dt)
+            logger.warning("Executing %s took %.3f seconds", format_handle(handle), dt)
     finally:
         loop._current_handle = None
 
 
 def report_call_error(loop, callback, args, exc):
     """Reports an exception from a callback the loop ran without a handle."""
-    cb = format_helpers._format_callback_source(callback, args)
+    cb = format_callback_source(callback, args)
     loop.call_exception_handler({"message": f"Exception in callback {cb}", "exception": exc})
 
 
@@ -76,7 +86,7 @@ def report_call_error(loop, callback, args, exc):
 def socket_extra(sock, extra):
     """A socket transport's ``get_extra_info`` dict, as asyncio's ``_SelectorTransport`` fills it."""
     extra = {} if extra is None else extra
-    extra["socket"] = trsock.TransportSocket(sock)
+    extra["socket"] = TransportSocket(sock)
     try:
         extra["sockname"] = sock.getsockname()
     except OSError:
@@ -130,24 +140,6 @@ def log_warning(message):
     logger.warning(message)
 
 
-# asyncio.Server counts its connections; from 3.12 on it also keeps the transports.
-_SERVER_TAKES_TRANSPORT = sys.version_info >= (3, 12)
-
-
-def server_attach(server, transport):
-    if _SERVER_TAKES_TRANSPORT:
-        server._attach(transport)
-    else:
-        server._attach()
-
-
-def server_detach(server, transport):
-    if _SERVER_TAKES_TRANSPORT:
-        server._detach(transport)
-    else:
-        server._detach()
-
-
 # --- servers --------------------------------------------------------------------------------
 
 
@@ -157,7 +149,7 @@ def accept_out_of_resources(loop, listener, sock, exc):
         {
             "message": "socket.accept() out of system resource",
             "exception": exc,
-            "socket": trsock.TransportSocket(sock),
+            "socket": TransportSocket(sock),
         }
     )
     loop.call_later(constants.ACCEPT_RETRY_DELAY, listener._start)

@@ -17,9 +17,9 @@ import os
 import selectors
 import sys
 import threading
-from asyncio import constants, events, unix_events
+from asyncio import constants
 
-from . import _children, _ferroloop, _sendfile, _tls, _transports
+from . import _children, _compat, _ferroloop, _sendfile, _tls, _transports
 from ._sockets import SocketOpsMixin
 
 __all__ = ("Loop", "backends")
@@ -72,7 +72,7 @@ class _SelectorView(selectors.BaseSelector):
         self._core = None
 
 
-class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLoop):
+class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
     """An asyncio event loop whose scheduler, timers and I/O dispatch are written in Rust."""
 
     def __init__(self, *, backend=None):
@@ -89,9 +89,11 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
         self._children = _children.ChildWatcher(self)
         super().__init__(selector=_SelectorView(self))
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+    def _make_socket_transport(
+        self, sock, protocol, waiter=None, *, extra=None, server=None, context=None
+    ):
         return _transports.make_socket_transport(
-            self, sock, protocol, waiter, extra=extra, server=server
+            self, sock, protocol, waiter, extra=extra, server=server, context=context
         )
 
     def _make_ssl_transport(
@@ -107,6 +109,7 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
         server=None,
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+        context=None,
     ):
         # asyncio's TLS state machine, in Rust (ferroloop._tls), over the Rust socket transport.
         ssl_protocol = _tls.make_ssl_protocol(
@@ -119,7 +122,9 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
-        _transports.make_socket_transport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        _transports.make_socket_transport(
+            self, rawsock, ssl_protocol, extra=extra, server=server, context=context
+        )
         return ssl_protocol._app_transport
 
     async def start_tls(
@@ -157,7 +162,7 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
         # asyncio's own transport (Popen, and pipes through connect_*_pipe: Rust), with the
         # child's exit watched by ferroloop instead of the policy's child watcher.
         waiter = self.create_future()
-        transp = unix_events._UnixSubprocessTransport(
+        transp = _compat.UnixSubprocessTransport(
             self, protocol, args, shell, stdin, stdout, stderr, bufsize,
             waiter=waiter, extra=extra, **kwargs,
         )  # fmt: skip
@@ -193,11 +198,12 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
         backlog=100,
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+        context=None,
     ):
         tls = None
         if sslcontext is not None:
             tls = (sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)
-        listener = _ferroloop.Listener(self, sock, protocol_factory, server, backlog, tls)
+        listener = _ferroloop.Listener(self, sock, protocol_factory, server, backlog, tls, context)
         self._listeners[sock.fileno()] = listener
         listener._start()
 
@@ -209,6 +215,14 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
 
     def run_forever(self):
         """Run until stop() is called."""
+        if _compat.HAS_RUN_FOREVER_SETUP:
+            # 3.13+: asyncio's own set-up and clean-up, which subclasses may extend.
+            self._run_forever_setup()
+            try:
+                self._run_core()
+            finally:
+                self._run_forever_cleanup()
+            return
         self._check_closed()
         self._check_running()
         self._set_coroutine_origin_tracking(self._debug)
@@ -219,12 +233,12 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, unix_events._UnixSelectorEventLo
                 firstiter=self._asyncgen_firstiter_hook,
                 finalizer=self._asyncgen_finalizer_hook,
             )
-            events._set_running_loop(self)
+            _compat.set_running_loop(self)
             self._run_core()
         finally:
             self._stopping = False
             self._thread_id = None
-            events._set_running_loop(None)
+            _compat.set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
 

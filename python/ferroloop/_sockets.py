@@ -7,18 +7,17 @@ or writer. Anything the fast path does not take (a closed socket, a negative siz
 is not contiguous bytes) goes down asyncio's own path, which raises what asyncio raises.
 """
 
-from asyncio import base_events, selector_events
+from ._compat import BaseSelectorEventLoop as _base
+from ._compat import check_ssl_socket
 
 __all__ = ("SocketOpsMixin",)
-
-_base = selector_events.BaseSelectorEventLoop
 
 
 class SocketOpsMixin:
     __slots__ = ()
 
     async def sock_recv(self, sock, n):
-        base_events._check_ssl_socket(sock)
+        check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         fd = sock.fileno()
@@ -31,7 +30,7 @@ class SocketOpsMixin:
         return await self._sock_wait_recv(fd, n)
 
     async def sock_recv_into(self, sock, buf):
-        base_events._check_ssl_socket(sock)
+        check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         fd = sock.fileno()
@@ -45,7 +44,7 @@ class SocketOpsMixin:
         return await _base.sock_recv_into(self, sock, buf)
 
     async def sock_sendall(self, sock, data):
-        base_events._check_ssl_socket(sock)
+        check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         fd = sock.fileno()

@@ -8,9 +8,10 @@ errors and the messages are asyncio's.
 
 import ssl
 import warnings
-from asyncio import constants, protocols, sslproto
+from asyncio import constants, protocols
 
 from . import _ferroloop
+from ._compat import SendfileMode, create_transport_context
 
 __all__ = ("SSLProtocol", "SSLTransport", "accept", "make_ssl_protocol", "start_tls")
 
@@ -23,7 +24,7 @@ class SSLTransport(_ferroloop.TlsTransport):
     """The transport the application of a TLS connection uses."""
 
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _sendfile_compatible = SendfileMode.FALLBACK
 
     def __repr__(self):
         state = "closed" if self._closed else "open"
@@ -58,7 +59,7 @@ def make_ssl_protocol(
     handshake_timeout = _timeout(ssl_handshake_timeout, "ssl_handshake_timeout")
     shutdown_timeout = _timeout(ssl_shutdown_timeout, "ssl_shutdown_timeout")
     if not sslcontext:
-        sslcontext = sslproto._create_transport_context(server_side, server_hostname)
+        sslcontext = create_transport_context(server_side, server_hostname)
     if not server_hostname or server_side:
         server_hostname = None
     incoming = ssl.MemoryBIO()
@@ -127,7 +128,7 @@ async def start_tls(
     return ssl_protocol._app_transport
 
 
-def accept(loop, conn, protocol_factory, extra, server, tls):
+def accept(loop, conn, protocol_factory, extra, server, tls, context=None):
     """A connection the Rust listener accepted on a TLS server: asyncio's ``_accept_connection2``
     without its task. ``tls`` is ``(sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)``.
 
@@ -147,6 +148,7 @@ def accept(loop, conn, protocol_factory, extra, server, tls):
         server=server,
         ssl_handshake_timeout=handshake_timeout,
         ssl_shutdown_timeout=shutdown_timeout,
+        context=context,
     )
     if waiter is not None:
         waiter.add_done_callback(lambda w: _handshake_done(loop, w, protocol, transport))

@@ -6,9 +6,9 @@ import os
 import socket
 import stat
 import warnings
-from asyncio import base_events, constants
 
 from . import _ferroloop
+from ._compat import SendfileMode, set_nodelay
 
 __all__ = (
     "DatagramTransport",
@@ -49,11 +49,11 @@ class _TransportFace:
 
 class _SocketTransport(_TransportFace, _ferroloop.StreamTransport):
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _sendfile_compatible = SendfileMode.TRY_NATIVE
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, context=None):
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
+        set_nodelay(sock)
         self._start(waiter)
 
 
@@ -65,9 +65,11 @@ class UnixTransport(_SocketTransport):
     """A UNIX stream socket's transport."""
 
 
-def make_socket_transport(loop, sock, protocol, waiter=None, *, extra=None, server=None):
+def make_socket_transport(
+    loop, sock, protocol, waiter=None, *, extra=None, server=None, context=None
+):
     cls = UnixTransport if sock.family == socket.AF_UNIX else TCPTransport
-    return cls(loop, sock, protocol, waiter, extra, server)
+    return cls(loop, sock, protocol, waiter, extra, server, context)
 
 
 class DatagramTransport(_TransportFace, _ferroloop.DatagramTransport):

@@ -538,24 +538,27 @@ impl LoopCore {
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
         write: bool,
     ) -> PyResult<Py<Handle>> {
         slf.get().check_closed()?;
-        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, write)
+        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, context, write)
     }
 
-    /// `_add_reader`/`_add_writer` for an fd already checked.
+    /// `_add_reader`/`_add_writer` for an fd already checked; the callback runs in `context`
+    /// (a copy of the current one when `None`).
     pub fn add_io_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
         write: bool,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
-        let handle = Py::new(py, Self::new_handle(slf, callback, args, None)?)?;
+        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
         if let Some(old) = this.set_io_callback(py, fd, write, Some(handle.clone_ref(py)))? {
             Handle::cancel(old.bind(py))?;
         }
@@ -987,24 +990,28 @@ impl LoopCore {
         Ok(())
     }
 
-    #[pyo3(signature = (fd, callback, *args))]
+    /// asyncio's hook behind `add_reader` (`context=` since 3.15, where asyncio's transports pass it).
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_io(slf, fd, callback, args, false)
+        Self::add_io(slf, fd, callback, args, context, false)
     }
 
-    #[pyo3(signature = (fd, callback, *args))]
+    /// asyncio's hook behind `add_writer` (`context=` since 3.15, where asyncio's transports pass it).
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_io(slf, fd, callback, args, true)
+        Self::add_io(slf, fd, callback, args, context, true)
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {

@@ -30,7 +30,7 @@ use crate::event_loop::{copy_context, LoopCore};
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::sockaddr;
-use crate::transport::{fd_of, is_exit};
+use crate::transport::{fd_of, in_context, is_exit};
 
 /// Linux's `SOCK_NONBLOCK`, or-ed into the type given to `socket.socket(...)` so that Python
 /// knows the accepted socket is non-blocking without a `setblocking` call.
@@ -181,8 +181,16 @@ impl Listener {
         this.accept_op.with(py, |slot| *slot = Some(op))
     }
 
-    /// `protocol_factory()` and a transport for it, as asyncio's `_accept_connection2` makes them.
-    fn make_transport(&self, py: Python<'_>, conn: &Bound<'_, PyAny>, peername: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `protocol_factory()` and a transport for it, as asyncio's `_accept_connection2` makes them,
+    /// both in `context`: the connection's own copy of the server's context (asyncio 3.15 passes
+    /// it explicitly; before, its per-connection accept task ran in such a copy).
+    fn make_transport(
+        &self,
+        py: Python<'_>,
+        conn: &Bound<'_, PyAny>,
+        peername: &Bound<'_, PyAny>,
+        context: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let extra = PyDict::new(py);
         extra.set_item("peername", peername)?;
         if let Some(tls) = &self.tls {
@@ -195,6 +203,7 @@ impl Listener {
                     extra,
                     &self.server,
                     tls,
+                    context,
                 ))
                 .map(drop);
         }
@@ -202,6 +211,7 @@ impl Listener {
         let kwargs = PyDict::new(py);
         kwargs.set_item("extra", extra)?;
         kwargs.set_item("server", &self.server)?;
+        kwargs.set_item("context", context)?;
         self.loop_
             .bind(py)
             .call_method(intern!(py, "_make_socket_transport"), (conn, protocol), Some(&kwargs))
@@ -225,7 +235,10 @@ impl Listener {
             }
         };
         let peername = sockaddr::to_py(py, addr)?;
-        let made = this.make_transport(py, &conn, &peername);
+        let context = this.context.bind(py).call_method0(intern!(py, "copy"))?;
+        let made = in_context(py, &context.clone().unbind(), || {
+            this.make_transport(py, &conn, &peername, &context)
+        });
         match made {
             Ok(()) => Ok(()),
             Err(err) if is_exit(py, &err) => Err(err),
@@ -242,7 +255,9 @@ impl Listener {
 #[pymethods]
 impl Listener {
     #[new]
-    #[pyo3(signature = (loop_, sock, protocol_factory, server=None, backlog=100, tls=None))]
+    /// `context` is the server's (asyncio 3.15 passes it to `_start_serving`); by default a copy
+    /// of the current one. Each connection gets a copy of it.
+    #[pyo3(signature = (loop_, sock, protocol_factory, server=None, backlog=100, tls=None, context=None))]
     fn new(
         loop_: &Bound<'_, LoopCore>,
         sock: &Bound<'_, PyAny>,
@@ -250,8 +265,13 @@ impl Listener {
         server: Option<&Bound<'_, PyAny>>,
         backlog: usize,
         tls: Option<Py<PyAny>>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let py = loop_.py();
+        let context = match context.filter(|c| !c.is_none(py)) {
+            Some(c) => c,
+            None => copy_context(py)?,
+        };
         Ok(Listener {
             loop_: loop_.clone().unbind(),
             fd: sock.call_method0(intern!(py, "fileno"))?.extract()?,
@@ -264,7 +284,7 @@ impl Listener {
                 sock.getattr(intern!(py, "type"))?.extract()?,
                 sock.getattr(intern!(py, "proto"))?.extract()?,
             ),
-            context: copy_context(py)?,
+            context,
             active: AtomicBool::new(false),
             tls: tls.filter(|t| !t.is_none(py)),
             accept_op: AttachedCell::new(None),

@@ -155,7 +155,7 @@ impl SockOp {
                 finished: AtomicBool::new(false),
             },
         )?;
-        let handle = LoopCore::add_io_fd(loop_, fd, op.as_any(), &PyTuple::empty(py), write)?;
+        let handle = LoopCore::add_io_fd(loop_, fd, op.as_any(), &PyTuple::empty(py), None, write)?;
         op.get().handle.with(py, |h| *h = Some(handle))?;
         future.call_method1("add_done_callback", (&op,))?;
         Ok(future.unbind())

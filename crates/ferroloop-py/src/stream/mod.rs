@@ -631,10 +631,11 @@ fn make_proto(protocol: &Bound<'_, PyAny>) -> PyResult<Proto> {
 
 #[pymethods]
 impl StreamTransport {
-    /// `(loop, sock, protocol, waiter=None, extra=None, server=None)`, as asyncio's
-    /// `_make_socket_transport` receives them.
+    /// `(loop, sock, protocol, waiter=None, extra=None, server=None, context=None)`, as asyncio's
+    /// `_make_socket_transport` receives them. Protocol callbacks run in `context` (asyncio 3.15
+    /// passes the connection's), else in a copy of the current context.
     #[new]
-    #[pyo3(signature = (loop_, sock, protocol, waiter=None, extra=None, server=None))]
+    #[pyo3(signature = (loop_, sock, protocol, waiter=None, extra=None, server=None, context=None))]
     fn new(
         loop_: &Bound<'_, LoopCore>,
         sock: &Bound<'_, PyAny>,
@@ -642,6 +643,7 @@ impl StreamTransport {
         waiter: Option<&Bound<'_, PyAny>>,
         extra: Option<&Bound<'_, PyDict>>,
         server: Option<&Bound<'_, PyAny>>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let _ = waiter; // resolved by `_start`, once the object exists
         let py = loop_.py();
@@ -655,7 +657,10 @@ impl StreamTransport {
             loop_: loop_.clone().unbind(),
             fd,
             extra,
-            context: copy_context(py)?,
+            context: match context.filter(|c| !c.is_none(py)) {
+                Some(c) => c,
+                None => copy_context(py)?,
+            },
             state: AttachedCell::new(State {
                 sock: Some(sock.clone().unbind()),
                 proto: Some(make_proto(protocol)?),
