@@ -154,16 +154,18 @@ unsafe extern "C" fn traverse_handle(slf: *mut ffi::PyObject, visit: ffi::visitp
     if let Some(tb) = &this.source_traceback {
         refs[1] = tb.as_ptr();
     }
-    if let Some(cb) = this.callback.for_traverse() {
-        if let Some(cb) = cb.as_ref() {
-            refs[2] = cb.func.as_ptr();
-            refs[3] = cb.args.as_ptr();
-            refs[4] = cb.context.as_ptr();
-        }
+    // Bound for the whole function, so it drops only after the visits (or at an early return): on
+    // free-threaded builds it holds the cell's lock, which keeps `cancel` from dropping the
+    // callback's objects while `refs` points at them. On the GIL build it is a plain reference.
+    let callback = this.callback.for_traverse();
+    if let Some(Some(cb)) = callback.as_deref() {
+        refs[2] = cb.func.as_ptr();
+        refs[3] = cb.args.as_ptr();
+        refs[4] = cb.context.as_ptr();
     }
     for obj in refs.into_iter().filter(|obj| !obj.is_null()) {
         // SAFETY: `visit`/`arg` come from the GC for this traversal; `obj` is a live object the
-        // handle holds a reference to.
+        // handle holds a reference to (the callback's, kept so by `callback` above).
         let r = unsafe { visit(obj, arg) };
         if r != 0 {
             return r;
