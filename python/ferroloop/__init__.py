@@ -50,6 +50,7 @@ def _make_policy_class():
             return f"<{type(self).__module__}.{type(self).__qualname__}>"
 
     EventLoopPolicy.__module__ = __name__
+    EventLoopPolicy.__qualname__ = "EventLoopPolicy"
     return EventLoopPolicy
 
 
