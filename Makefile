@@ -1,18 +1,27 @@
 # ferroloop developer tasks.  `make help` lists them; `make test` is the whole suite.
 #
-# Everything Python runs from .venv (created by `make venv`), so nothing installed by
-# hand on the machine is needed beyond python3 (3.11) and the Rust toolchain.
+# One venv and one build per CPython: PY picks the version (default 3.11, venv .venv; other
+# versions .venv-3.12 ... .venv-3.15, built in target/py3.1x).  scripts/pythons.sh provides the
+# interpreters (pyenv's 3.12/3.13, Debian sid's 3.14/3.15), so nothing installed by hand is
+# needed beyond python3 and the Rust toolchain.  `make test PY=3.14` is not a thing: `make test`
+# runs every version; `make test-version PY=3.14` runs one.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3
-VENV := .venv
+#: The CPython versions the project supports and tests, oldest first.
+PYTHONS := 3.11 3.12 3.13 3.14 3.15
+PY ?= 3.11
+VENV := $(if $(filter 3.11,$(PY)),.venv,.venv-$(PY))
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.ferroloop-deps.stamp
+# One cargo target folder per version: PyO3 rebuilds whenever the interpreter changes.
+export CARGO_TARGET_DIR ?= $(CURDIR)/target/py$(PY)
+#: PyO3's view of a free-threaded CPython 3.14 (the file format takes no comments); compile-only.
+FT_CFG := $(CURDIR)/scripts/pyo3-ft-3.14.cfg
 
-# Tools plus what the uvloop conformance suite imports (see ../shared/conformance).
+# Tools plus what uvloop's test suite imports (scripts/conformance.py).
 # ruff is pinned so that `make lint` does not change verdict when ruff is released.
 VENV_PKGS := 'maturin>=1.16,<2' 'pytest>=8' 'ruff==0.17.6' \
 	'uvloop==0.23.0' pyOpenSSL psutil 'aiohttp>=3.10.5' \
@@ -26,28 +35,47 @@ PY_DIRS := $(wildcard python tests scripts bench)
 MODULES ?=
 CONFORMANCE_ARGS ?=
 
-.PHONY: help venv dev test test-rust test-py test-backends conformance lint fmt bench clean
+.PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends \
+	conformance lint fmt bench wheels clean
 
 help: ## List the targets with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
 		| awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-venv: $(VENV_STAMP) ## Create .venv with maturin, pytest, ruff and the conformance deps
+pythons: ## Provide CPython 3.12-3.15 (scripts/pythons.sh) and print where each is
+	scripts/pythons.sh
+
+venv: $(VENV_STAMP) ## Create the venv of PY (default 3.11) with maturin, pytest, ruff and the test deps
 
 $(VENV_STAMP): Makefile
-	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	scripts/pythons.sh venv $(PY) $(VENV) >/dev/null
 	$(VPY) -m pip install -q --disable-pip-version-check $(VENV_PKGS)
 	@touch $@
 
-dev: venv ## Build ferroloop (release) and install it into .venv
+dev: venv ## Build ferroloop (release) for PY and install it into its venv
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 		$(VENV)/bin/maturin develop --release
 
-test: test-rust test-py conformance test-backends ## Run the whole suite: Rust, pytest, uvloop conformance, every backend
+test: test-rust check-ft ## The whole suite: Rust tests, then pytest and uvloop's suite on every CPython, then every backend
+	@failed=""; for v in $(PYTHONS); do \
+		echo "== CPython $$v"; \
+		$(MAKE) --no-print-directory PY=$$v CARGO_TARGET_DIR=$(CURDIR)/target/py$$v test-version \
+			|| failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test: failed on CPython$$failed" >&2; exit 1; fi
+	$(MAKE) --no-print-directory test-backends
 
-test-rust: ## Rust unit and integration tests of ferroloop-core
+test-version: test-py conformance ## pytest and uvloop's suite on one CPython: make test-version PY=3.14
+
+test-rust: ## Rust unit and integration tests of ferroloop-core and the binding
 	cargo test -p ferroloop-core
 	cargo test -p ferroloop-py --lib
+
+check-ft: ## The binding against free-threaded CPython 3.14: clippy and its Rust tests (no 3.14t needed)
+	PYO3_CONFIG_FILE=$(FT_CFG) CARGO_TARGET_DIR=$(CURDIR)/target/ft \
+		cargo clippy -p ferroloop-py --all-targets -- -D warnings
+	PYO3_CONFIG_FILE=$(FT_CFG) CARGO_TARGET_DIR=$(CURDIR)/target/ft \
+		cargo test -p ferroloop-py --lib
 
 test-py: dev ## Python tests (tests/) against the installed build
 	@rc=0; $(VPY) -m pytest tests -q || rc=$$?; \
@@ -55,16 +83,17 @@ test-py: dev ## Python tests (tests/) against the installed build
 	exit $$rc
 
 conformance: dev ## uvloop's test suite on ferroloop vs asyncio; fails on any regression
-	$(VPY) scripts/conformance.py --python $(VPY) \
+	$(VPY) scripts/conformance.py --python $(VPY) --work-dir target/conformance/$(PY) \
 		$(if $(strip $(MODULES)),--modules $(MODULES)) $(CONFORMANCE_ARGS)
 
-test-backends: dev ## pytest and uvloop's suite again on every other backend this machine offers
+test-backends: dev ## pytest and uvloop's suite again on every other backend this machine offers (PY)
 	@backends=$$($(VPY) -c "import ferroloop; print(' '.join(b for b in ferroloop.backends() if b != 'epoll'))"); \
 	for b in $$backends; do \
 		echo "== backend $$b"; \
 		FERROLOOP_BACKEND=$$b $(VPY) -m pytest tests -q || exit 1; \
 		FERROLOOP_BACKEND=$$b $(VPY) scripts/conformance.py --python $(VPY) \
-			--baseline-json target/conformance/baseline.json || exit 1; \
+			--work-dir target/conformance/$(PY)-$$b \
+			--baseline-json target/conformance/$(PY)/baseline.json || exit 1; \
 	done
 
 lint: venv ## cargo fmt --check, clippy -D warnings, ruff check and ruff format --check
