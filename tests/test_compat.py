@@ -81,10 +81,10 @@ def test_the_hook_list_covers_every_private_override():
 
 
 @pytest.mark.parametrize(
-    ("obj", "attr"), _compat.RUST_NAMES, ids=lambda x: getattr(x, "__name__", x)
+    ("obj", "attr"), _compat.RUST_NAMES + _compat.CALLED, ids=lambda x: getattr(x, "__name__", x)
 )
-def test_names_the_rust_code_reads_exist(obj, attr):
-    assert hasattr(obj, attr), f"{obj!r} has no {attr!r}, which ferroloop's Rust code reads"
+def test_names_ferroloop_reads_or_calls_exist(obj, attr):
+    assert hasattr(obj, attr), f"{obj!r} has no {attr!r}, which ferroloop reads or calls"
 
 
 @pytest.mark.parametrize("attr", _compat.LOOP_STATE)
