@@ -169,15 +169,12 @@ RUST_NAMES = (
     (events.Handle, "_cancelled"),
     (events.TimerHandle, "_scheduled"),
     (futures.Future, "_loop"),
-    (sslproto, "SSLProtocol"),
+    (sslproto, "SSLProtocol"),  # the TLS state machine ported to tls/ (3.11's, checked per version)
 )
 
 #: ``(object, attribute)`` pairs of asyncio's private methods the Python package calls on itself.
 CALLED = (
     # _loop.py: reports a child's exit as the running version does (how many iterations late).
     (unix_events._UnixSelectorEventLoop, "_child_watcher_callback"),
-    (
-        unix_events._UnixSubprocessTransport,
-        "_process_exited",
-    ),  # the TLS state machine ported to tls/ (3.11's, checked per version)
+    (unix_events._UnixSubprocessTransport, "_process_exited"),
 )
