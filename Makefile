@@ -42,6 +42,12 @@ help: ## List the targets with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
 		| awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
+# Versions for `make wheels` (empty: scripts/wheels.sh's default, 3.11-3.15).
+WHEEL_VERSIONS ?=
+
+wheels: ## Release wheels (manylinux2014 via zig) per CPython into dist/, each installed in a fresh venv and demo-run
+	scripts/wheels.sh $(WHEEL_VERSIONS)
+
 pythons: ## Provide CPython 3.12-3.15 (scripts/pythons.sh) and print where each is
 	scripts/pythons.sh
 
