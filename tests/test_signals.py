@@ -167,6 +167,9 @@ def test_python_signal_handlers_run_while_the_loop_waits(loop):
 
 SIGINT_CHILD = """
 import os, signal, sys
+# A shell's background job starts with SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler: give the child Python's default as an interactive run has it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 loop = new_loop()
 loop.call_soon(lambda: print("ready", flush=True))
 loop.call_later(30, loop.stop)
