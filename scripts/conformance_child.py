@@ -10,7 +10,10 @@ the loop under test) and uses nothing else but the stdlib.  The tests are never 
   its loops with the factory too.  That policy class is asyncio's default one, whose
   ``_loop_factory`` is replaced, so ``asyncio.new_event_loop()``, ``asyncio.run()`` and a fresh
   default policy inside a test also give the loop under test.  ``implementation`` stays
-  ``'asyncio'``, so the tests take their asyncio branches.
+  ``'asyncio'`` and ``is_asyncio_loop()`` answers true, so the tests take their asyncio
+  branches.  (``is_asyncio_loop`` looks at the loop's module name; test_base's
+  ``test_set_task_name`` uses it to make up for asyncio 3.14's ``create_task`` no longer calling
+  ``set_name`` on what a task factory returns, which a loop that behaves as asyncio's needs too.)
 * Before 3.12, ``AIOTestCase.setUp`` attaches a ``SafeChildWatcher``; it is kept for asyncio's
   own loops only, the loops it was written for.
 * ``NEW_LOOP``, the code that test_signals runs in its own subprocesses, calls the factory.
@@ -112,6 +115,7 @@ def point_aio_tests_at(factory) -> None:
         tb.BaseTestCase.tearDown(self)
 
     tb.AIOTestCase.new_loop = lambda self: new_loop()
+    tb.AIOTestCase.is_asyncio_loop = lambda self: True
     tb.AIOTestCase.new_policy = lambda self: policy_cls()
     tb.AIOTestCase.setUp = set_up
     tb.AIOTestCase.tearDown = tear_down

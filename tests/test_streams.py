@@ -11,6 +11,7 @@ import socket
 import termios
 
 import pytest
+from helpers_compat import WRITE_QUEUES_THE_CALLERS_OBJECT, write_type_error
 from helpers_net import (
     Recorder,
     connected_pair,
@@ -80,23 +81,57 @@ def test_writes_keep_their_order(run, loop):
     run(main(), timeout=30)
 
 
-def test_write_keeps_a_copy_of_mutable_data(run, loop):
+def test_write_of_a_buffer_changed_afterwards(run, loop):
+    # asyncio 3.11 queues a copy of what send() did not take: changing the buffer after write()
+    # changes nothing that is sent. 3.12+ (zero-copy writes) queues the caller's object itself,
+    # so what is sent of it is its content at send time: asyncio guarantees no more than that
+    # each byte is from one version or the other, which is all that is asserted then (ferroloop
+    # still sends a copy).
     async def main():
         transport, protocol, peer = await connected_pair()
         small_sndbuf(transport)
         data = bytearray(b"a" * MIB)
         transport.write(data)  # mostly queued: the peer is not reading yet
         data[:] = b"b" * MIB
-        numbers = array.array("i", range(1000))
-        size = transport.get_write_buffer_size()
-        transport.write(memoryview(numbers))
-        assert transport.get_write_buffer_size() == size + 4000  # bytes, not items
-        expected = b"a" * MIB + numbers.tobytes()
-        numbers[0] = -1
+        transport.write(b"end")
         transport.close()
         with peer:
-            assert await recv_until_eof(peer) == expected
-        await protocol.lost
+            received = await recv_until_eof(peer)
+        assert await protocol.lost is None
+        if WRITE_QUEUES_THE_CALLERS_OBJECT:
+            assert len(received) == MIB + 3 and received.endswith(b"end")
+            assert set(received[:MIB]) <= set(b"ab")
+        else:
+            assert received == b"a" * MIB + b"end"
+
+    run(main())
+
+
+QUEUED_VIEWS = {
+    "bytes": lambda: memoryview(b"12345"),
+    "array-of-int": lambda: memoryview(array.array("i", range(1000))),
+    "rows": lambda: memoryview(bytes(12)).cast("B", (3, 4)),
+}
+
+
+@pytest.mark.parametrize("make_view", QUEUED_VIEWS.values(), ids=QUEUED_VIEWS.keys())
+def test_write_buffer_size_counts_a_queued_memoryview(run, loop, make_view):
+    # asyncio 3.11 counts the bytes of what is queued. 3.12+ sums len() of what is queued, so a
+    # memoryview counts its items (its rows), not its bytes. (asyncio 3.12+ then takes sendmsg()'s
+    # byte count for items and mis-sends such a view: the transport is aborted here, before any
+    # of it goes.)
+    async def main():
+        transport, protocol, peer = await connected_pair()
+        with peer:
+            small_sndbuf(transport)
+            transport.write(b"a" * MIB)  # mostly queued: the peer is not reading
+            size = transport.get_write_buffer_size()
+            view = make_view()
+            transport.write(view)
+            counted = len(view) if WRITE_QUEUES_THE_CALLERS_OBJECT else view.nbytes
+            assert transport.get_write_buffer_size() == size + counted
+            transport.abort()
+            assert await protocol.lost is None
 
     run(main())
 
@@ -311,8 +346,7 @@ def test_write_argument_types(run, loop):
         for bad in ("text", 42, None, [b"list"]):
             with pytest.raises(TypeError) as info:
                 transport.write(bad)
-            expected = f"data argument must be a bytes-like object, not {type(bad).__name__!r}"
-            assert str(info.value) == expected
+            assert str(info.value) == write_type_error(bad)  # reworded in 3.14
         with pytest.raises(TypeError):
             transport.writelines(["text"])
         transport.write(b"")  # nothing to send, no error

@@ -13,6 +13,7 @@ import sys
 from asyncio.subprocess import DEVNULL, PIPE, STDOUT
 
 import pytest
+from helpers_compat import CHILDREN_REAPED_BY_THE_LOOP
 from helpers_net import iterations, leaked_fds, open_fds
 from helpers_proc import (
     FDS,
@@ -114,10 +115,14 @@ def test_closing_the_transport_kills_a_running_child(run, loop):
 
 
 @pytest.mark.parametrize("how", ["close", "kill", "send_signal"])
-def test_a_child_that_exited_unnoticed_keeps_its_returncode(run, loop, loop_name, pipe_files, how):
-    # The child has exited but the loop has not yet handled it. close(), kill() and
-    # send_signal() ask Popen.poll() first, which may reap the child itself: its exit status
-    # must still reach the protocol, and nothing is killed.
+def test_a_child_that_exited_unnoticed(run, loop, loop_name, pipe_files, how, caplog):
+    # The child has exited but the loop has not yet handled it, and nothing is killed. close()
+    # calls Popen.poll(), which reaps the child itself; so do kill() and send_signal() where
+    # asyncio signals through Popen.send_signal() (3.11 and 3.12.1; 3.13 calls os.kill()).
+    # - Where asyncio's watcher thread reaps the child as soon as it exits (3.11), the exit
+    #   status reaches the protocol all the same.
+    # - Where asyncio reaps from the loop (a pidfd, 3.12+), a child that Popen reaped first is
+    #   reported with returncode 255 and a warning; one it left alone keeps its status.
     reader, writer = pipe_files
 
     async def main():
@@ -129,18 +134,27 @@ def test_a_child_that_exited_unnoticed_keeps_its_returncode(run, loop, loop_name
         writer.close()  # the child reads EOF and exits; the loop does not run until it has
         # asyncio's watcher thread reaps the child by itself, racing with Popen.poll() (a race
         # asyncio loses now and then, reporting 255): wait until that thread has reaped it.
-        # ferroloop reaps from the loop, which this blocking wait holds up: wait for a zombie.
-        exited = (None,) if loop_name == "asyncio" else ("Z", None)
-        wait_for(lambda: proc_state(pid) in exited, "the child has exited")
+        # Otherwise the loop reaps it, which this blocking wait holds up: wait for a zombie.
+        threaded = loop_name == "asyncio" and not CHILDREN_REAPED_BY_THE_LOOP
+        wait_for(lambda: proc_state(pid) in ((None,) if threaded else ("Z", None)), "it exited")
         if how == "close":
             transport.close()
         elif how == "kill":
             transport.kill()
         else:
             transport.send_signal(signal.SIGTERM)
-        assert await protocol.exited == 3
+        popen_reaped = transport._proc.returncode is not None
+        assert popen_reaped or how != "close"
+        returncode = 255 if CHILDREN_REAPED_BY_THE_LOOP and popen_reaped else 3
+        assert await protocol.exited == returncode
         assert await protocol.lost is None
         transport.close()
+        warned = [r.getMessage() for r in caplog.records if "exit status already read" in r.msg]
+        assert warned == (
+            [f"child process pid {pid} exit status already read:  will report returncode 255"]
+            if returncode == 255
+            else []
+        )
 
     run(main())
 
@@ -242,11 +256,21 @@ def test_writing_to_a_child_whose_stdin_is_already_gone(run, loop, pipe_files):
     ],
 )
 def test_a_child_ended_by_a_signal(run, loop, how, returncode):
-    trap = "import signal, sys; signal.signal(signal.SIGUSR1, lambda *_: sys.exit(7))\n"
-    code = (trap if how == "trapped" else "") + "print('ready', flush=True)\nsignal.pause()\n"
+    # A trapped child must not wait in signal.pause(): a signal that arrives between its last
+    # check for Python signal handlers and pause() runs its handler only once pause() returns,
+    # that is never. Sleeping in a loop runs the handler at the latest when the sleep ends.
+    if how == "trapped":
+        code = (
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGUSR1, lambda *_: sys.exit(7))\n"
+            "print('ready', flush=True)\n"
+            "while True: time.sleep(0.05)\n"
+        )
+    else:  # SIGUSR1's default action ends the child in the kernel
+        code = "import signal\nprint('ready', flush=True)\nsignal.pause()\n"
 
     async def main():
-        proc = await asyncio.create_subprocess_exec(PY, "-c", "import signal\n" + code, stdout=PIPE)
+        proc = await asyncio.create_subprocess_exec(PY, "-c", code, stdout=PIPE)
         try:
             assert await proc.stdout.readline() == b"ready\n"
             if how in ("kill", "terminate"):
@@ -449,7 +473,7 @@ def test_many_short_lived_children_leave_no_zombie_and_no_fd(run, loop):
 
 
 @pytest.mark.parametrize("close_transport", [True, False])
-def test_no_zombie_after_the_loop_closes_with_a_child_running(loop, close_transport):
+def test_no_zombie_after_the_loop_closes_with_a_child_running(loop, loop_name, close_transport):
     async def start():
         transport, _ = await loop.subprocess_exec(
             ProcRecorder, "sleep", "0.3", stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL
@@ -462,6 +486,9 @@ def test_no_zombie_after_the_loop_closes_with_a_child_running(loop, close_transp
         transport.close()  # kills the child, which the closed loop never sees exit
     loop.close()
     assert transport.get_returncode() is None  # the loop closed before it saw the child exit
-    # Someone (asyncio's watcher thread, ferroloop's waiter threads) reaps it once it exits.
-    wait_for(lambda: proc_state(pid) is None, f"child {pid} is reaped", timeout=5)
+    # asyncio's watcher thread (3.11) and ferroloop's waiter threads reap it once it exits.
+    # asyncio's pidfd watching (3.12+) ends with the loop: it guarantees no more than the exit,
+    # and leaves a zombie to Popen (which reaps it when it is polled: close() does).
+    exited = ("Z", None) if loop_name == "asyncio" and CHILDREN_REAPED_BY_THE_LOOP else (None,)
+    wait_for(lambda: proc_state(pid) in exited, f"child {pid} has exited", timeout=5)
     transport.close()

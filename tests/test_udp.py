@@ -12,6 +12,12 @@ import socket
 import tempfile
 
 import pytest
+from helpers_compat import (
+    DATAGRAM_HEADER_SIZE,
+    DATAGRAM_SENT_RELEASES_HEADER,
+    DATAGRAM_SOCKET_EXPECTED,
+    SENDTO_SENDS_EMPTY_DATAGRAMS,
+)
 from helpers_net import iterations, leaked_fds, open_fds
 
 
@@ -159,7 +165,7 @@ def test_endpoint_with_sock(run, loop):
 def test_endpoint_bad_arguments(run, loop):
     with socket.socket(type=socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
         cases = [
-            ({"sock": tcp}, ValueError, f"A UDP Socket was expected, got {tcp!r}"),
+            ({"sock": tcp}, ValueError, DATAGRAM_SOCKET_EXPECTED.format(tcp)),
             ({"sock": udp, "local_addr": ("127.0.0.1", 0), "reuse_port": True}, ValueError,
              "socket modifier keyword arguments can not be used when sock is specified. "
              "(local_addr=('127.0.0.1', 0), reuse_port=True)"),
@@ -186,8 +192,10 @@ def test_sendto_argument_types(run, loop):
             assert str(info.value) == (
                 f"data argument must be a bytes-like object, not {type(bad).__name__!r}"
             )
-        transport.sendto(b"", transport.get_extra_info("sockname"))  # ignored
+        transport.sendto(b"", transport.get_extra_info("sockname"))  # ignored before 3.13
         transport.sendto(b"after", transport.get_extra_info("sockname"))
+        if SENDTO_SENDS_EMPTY_DATAGRAMS:
+            assert (await protocol.datagrams.get())[0] == b""
         assert (await protocol.datagrams.get())[0] == b"after"
         transport.close()
         await protocol.lost
@@ -339,6 +347,43 @@ def test_unix_datagram_endpoints(run, loop, sock_dir):
             assert await protocol.lost is None
 
     run(main())
+
+
+def test_get_write_buffer_size_of_queued_datagrams(run, loop, sock_dir):
+    # A datagram the socket does not take at once is queued, and counted in
+    # get_write_buffer_size(): its bytes and, since 3.13, DATAGRAM_HEADER_SIZE more, which the
+    # datagram takes off again when it is sent (except on 3.13.0, where the header stays counted).
+    # An AF_UNIX peer that does not read makes the sender's socket refuse datagrams.
+    path = os.path.join(sock_dir, "peer")
+    unix = socket.AF_UNIX
+    with socket.socket(unix, socket.SOCK_DGRAM) as peer:
+        peer.bind(path)
+        peer.setblocking(False)
+
+        async def main():
+            transport, protocol = await loop.create_datagram_endpoint(
+                Datagrams, remote_addr=path, family=unix
+            )
+            taken = 0
+            while transport.get_write_buffer_size() == 0:  # until one is queued
+                transport.sendto(b"x" * 100)
+                taken += 1
+                assert taken < 100_000, "the socket never refused a datagram"
+            for data in (b"y" * 10, bytearray(b"z" * 20), b""):
+                transport.sendto(data)  # queued behind it (b"" before 3.13: ignored)
+            queued = [100, 10, 20] + ([0] if SENDTO_SENDS_EMPTY_DATAGRAMS else [])
+            header = DATAGRAM_HEADER_SIZE
+            assert transport.get_write_buffer_size() == sum(queued) + header * len(queued)
+            received = [await loop.sock_recv(peer, 1024) for _ in range(taken + len(queued) - 1)]
+            assert (
+                received[-len(queued) :] == [b"x" * 100, b"y" * 10, b"z" * 20, b""][: len(queued)]
+            )
+            left = 0 if DATAGRAM_SENT_RELEASES_HEADER else header * len(queued)
+            assert transport.get_write_buffer_size() == left
+            transport.close()
+            assert await protocol.lost is None
+
+        run(main())
 
 
 def test_datagram_endpoints_leak_no_fd(run, loop):

@@ -5,20 +5,29 @@ readable the child has exited and is reaped with ``waitpid`` at once, so no zomb
 other library's ``waitpid(-1)`` or SIGCHLD handler is disturbed. Where ``os.pidfd_open`` is
 missing or refused (old kernels, seccomp), one waiter thread per child does the ``waitpid``
 instead, as asyncio's ``ThreadedChildWatcher`` does. Children still running when the loop closes
-are handed to such threads, so they are reaped whenever they exit.
+are handed to such threads, so they are reaped whenever they exit (asyncio's pidfd watching, 3.12+,
+stops with the loop and leaves them to ``Popen``).
+
+A child that its ``Popen`` reaped first (``transport.close()`` polls it) is reported as asyncio's
+watcher of the running version reports it: with returncode 255 and a warning where asyncio reaps
+from the loop too (3.12+), else with the status ``Popen`` saw, which 3.11's watcher thread, reaping
+as soon as the child exits, would have read itself.
 """
 
 import os
 import threading
 from asyncio.log import logger
 
+from . import _compat
+
 __all__ = ("ChildWatcher",)
 
 
 def _reap(pid, popen=None):
     """``waitpid`` and the exit code. If the child was reaped already, the code its ``Popen``
-    saw (``kill()``, ``send_signal()`` and ``poll()`` reap an exited child themselves), else 255
-    with a warning, asyncio's rule."""
+    saw if ``popen`` is given (``poll()`` reaps an exited child itself, and so do ``kill()`` and
+    ``send_signal()`` where asyncio signals through ``Popen``), else 255 with a warning, asyncio's
+    rule."""
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
@@ -51,7 +60,7 @@ class ChildWatcher:
         pidfd = self._pidfds.pop(pid)
         self._loop._remove_reader(pidfd)
         os.close(pidfd)
-        callback(_reap(pid, popen))
+        callback(_reap(pid, None if _compat.CHILDREN_REAPED_BY_THE_LOOP else popen))
 
     def _watch_with_thread(self, pid, callback, popen):
         loop = self._loop

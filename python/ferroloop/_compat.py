@@ -28,6 +28,7 @@ from asyncio import (
     futures,
     selector_events,
     sslproto,
+    streams,
     trsock,
     unix_events,
 )
@@ -61,7 +62,6 @@ VERSION = sys.version_info[:2]
 check_ssl_socket = base_events._check_ssl_socket
 format_handle = base_events._format_handle
 set_nodelay = base_events._set_nodelay
-format_callback_source = format_helpers._format_callback_source
 extract_stack = format_helpers.extract_stack
 SendfileMode = constants._SendfileMode
 set_running_loop = events._set_running_loop
@@ -72,6 +72,10 @@ SelectorEventLoop = unix_events._UnixSelectorEventLoop
 BaseSelectorEventLoop = selector_events.BaseSelectorEventLoop
 #: asyncio's subprocess transport, used as it is (its pipes are ferroloop's).
 UnixSubprocessTransport = unix_events._UnixSubprocessTransport
+#: What ferroloop's Rust ``Handle``/``TimerHandle`` report as their ``__class__`` (handle.rs), so
+#: that ``isinstance(handle, asyncio.Handle)`` holds as on asyncio's loop.
+Handle = events.Handle
+TimerHandle = events.TimerHandle
 
 
 def _parameters(func):
@@ -92,9 +96,118 @@ HAS_RUN_FOREVER_SETUP = hasattr(base_events.BaseEventLoop, "_run_forever_setup")
 #: another thread waits for a callback already running); ``None`` before.
 ThreadSafeHandle = getattr(events, "_ThreadSafeHandle", None)
 
+#: 3.12: a socket or datagram transport is refused (``RuntimeError``) on an fd that an open
+#: transport still uses (``_ensure_fd_no_transport``); before, asyncio made a second transport.
+TRANSPORT_REFUSES_USED_FD = (
+    "_ensure_fd_no_transport" in BaseSelectorEventLoop._make_socket_transport.__code__.co_names
+)
+
+#: The names asyncio's transport ``sendfile`` fallback uses, in the order it first uses them.
+_SENDFILE_NAMES = base_events.BaseEventLoop._sendfile_fallback.__code__.co_names
+
+#: gh-150107 (3.14.x, 3.15): the transport ``sendfile`` fallback seeks to ``offset`` whenever the
+#: file can seek, 0 included; before, only to a non-zero offset (offset 0 sent from wherever the
+#: file was). Seen in the first name asyncio's fallback uses (``hasattr`` instead of ``seek``).
+SENDFILE_SEEKS_ANY_OFFSET = _SENDFILE_NAMES[0] == "hasattr"
+
+#: 3.14: the transport ``sendfile`` fallback writes each block, then waits for the transport to
+#: drain; before, it waited first and then wrote (so the last block was not waited for). Seen in
+#: the order in which asyncio's fallback first names ``write`` and ``drain``.
+SENDFILE_DRAINS_AFTER_WRITE = _SENDFILE_NAMES.index("write") < _SENDFILE_NAMES.index("drain")
+
+#: 3.14 (gh-142352): a server-side ``start_tls`` moves what the ``StreamReader`` of an
+#: ``asyncio.streams`` connection had buffered (a TLS handshake that arrived together with the
+#: plaintext asking for it) into the TLS protocol; before, those bytes stayed in the reader.
+START_TLS_TAKES_STREAM_BUFFER = (
+    "StreamReaderProtocol" in base_events.BaseEventLoop.start_tls.__code__.co_names
+)
+
+#: 3.13: handle reprs and "Exception in callback" messages show the callback's arguments only in
+#: debug mode (they may hold secrets): ``_format_callback_source`` takes ``debug=``.
+CALLBACK_SOURCE_TAKES_DEBUG = "debug" in _parameters(format_helpers._format_callback_source)
+
 #: 3.15: the transport hooks and ``_start_serving`` take ``context=``, the context the
 #: connection's protocol callbacks run in (a copy of the server's for each accepted connection).
 HOOKS_TAKE_CONTEXT = "context" in _parameters(selector_events.BaseSelectorEventLoop._start_serving)
+
+#: 3.15: a socket transport schedules its protocol's callbacks, ``connection_lost`` included, in
+#: the connection's context (``_SelectorTransport._call_soon``); before, ``close()``/``abort()``
+#: scheduled ``connection_lost`` in a copy of their caller's context. (Datagram transports are
+#: given no context, so theirs still runs in the caller's.)
+CONNECTION_LOST_IN_CONNECTION_CONTEXT = hasattr(selector_events._SelectorTransport, "_call_soon")
+
+#: 3.12 (gh-91166, zero-copy writes): a socket transport queues what ``write()`` is given as it
+#: is, and ``get_write_buffer_size()`` sums the ``len()`` of what is queued: a memoryview counts
+#: its items (its rows), not its bytes. ferroloop still queues a copy, counted the same way.
+WRITE_BUFFER_COUNTS_LEN = hasattr(selector_events._SelectorSocketTransport, "_write_sendmsg")
+
+#: 3.14: the socket transport's ``write()`` names the types it takes in its ``TypeError``.
+WRITE_TYPE_ERROR = (
+    "data argument must be a bytes, bytearray, or memoryview object"
+    if VERSION >= (3, 14)
+    else "data argument must be a bytes-like object"
+)
+
+#: 3.13 (gh-113812): a datagram transport's ``sendto(b"")`` sends an empty datagram (it did
+#: nothing before), and a queued datagram counts ``_header_size`` (8) bytes more in
+#: ``get_write_buffer_size()``. Until gh-135444 (fixed in 3.14 and a later 3.13, where
+#: ``_header_size`` appeared) those 8 bytes were not taken off again when the datagram was sent.
+SENDTO_SENDS_EMPTY_DATAGRAMS = VERSION >= (3, 13)
+DATAGRAM_HEADER_SIZE = 8 if VERSION >= (3, 13) else 0
+DATAGRAM_SENT_RELEASES_HEADER = hasattr(selector_events._SelectorDatagramTransport, "_header_size")
+
+#: 3.12: asyncio watches children with pidfds in the loop where the kernel allows them
+#: (``unix_events.can_use_pidfd()``), not from a thread per child: a child that ``Popen`` reaped
+#: first (``transport.close()`` polls it) is reported with returncode 255 and a warning. 3.11's
+#: watcher thread reaps a child as soon as it exits, so there ferroloop (which reaps from the loop
+#: on every version) reports the status ``Popen`` saw, as that thread would have read it.
+CHILDREN_REAPED_BY_THE_LOOP = hasattr(unix_events, "can_use_pidfd")
+
+
+def _run_forever_cleans_up_a_failed_setup():
+    """3.13.0 (until gh-130145, fixed in 3.14 and a later 3.13) calls ``_run_forever_setup``
+    inside ``run_forever``'s ``try``: when it fails (``run_forever`` on a running loop),
+    ``_run_forever_cleanup`` still runs and resets the running loop (``is_running()`` turns
+    false, no running loop is set)."""
+    if not HAS_RUN_FOREVER_SETUP:
+        return False
+    cleaned = []
+
+    class Probe:
+        def _run_forever_setup(self):
+            raise RuntimeError
+
+        def _run_forever_cleanup(self):
+            cleaned.append(True)
+
+    try:
+        SelectorEventLoop.run_forever(Probe())
+    except RuntimeError:
+        pass
+    return bool(cleaned)
+
+
+RUN_FOREVER_CLEANS_UP_A_FAILED_SETUP = _run_forever_cleans_up_a_failed_setup()
+
+
+def format_callback_source(callback, args, *, debug):
+    """``callback(args) at file:line`` as asyncio's handles show it (``debug``: the loop's)."""
+    if CALLBACK_SOURCE_TAKES_DEBUG:
+        return format_helpers._format_callback_source(callback, args, debug=debug)
+    return format_helpers._format_callback_source(callback, args)
+
+
+def take_stream_buffer(protocol):
+    """What the ``StreamReader`` of ``protocol`` (if a ``StreamReaderProtocol``) has buffered,
+    which it then no longer holds (``START_TLS_TAKES_STREAM_BUFFER``)."""
+    if not isinstance(protocol, streams.StreamReaderProtocol):
+        return b""
+    reader = getattr(protocol, "_stream_reader", None)
+    if reader is None or not reader._buffer:
+        return b""
+    data = bytes(reader._buffer)
+    reader._buffer.clear()
+    return data
 
 
 def server_attach(server, transport):
@@ -162,7 +275,10 @@ LOOP_STATE = ("_closed", "_debug", "_stopping", "_task_factory", "_selector")
 
 #: ``(object, attribute)`` pairs the Rust code of ``ferroloop._ferroloop`` looks up by name.
 RUST_NAMES = (
-    (base_events.BaseEventLoop, "create_task"),  # event_loop.rs: with a task factory set
+    # event_loop.rs, fastcall.rs: with a task factory set, with keywords other than name and
+    # context (3.14 passes any keyword on; 3.13.3 and 3.13.4 each did in their own way; before,
+    # only those two were taken) and with arguments it refuses, for asyncio's own messages.
+    (base_events.BaseEventLoop, "create_task"),
     (base_events.BaseEventLoop, "_check_thread"),  # event_loop.rs: debug-mode checks
     (base_events.BaseEventLoop, "_check_callback"),
     (events.Handle, "_run"),  # event_loop.rs: handles made by asyncio's code (signals)
@@ -177,4 +293,6 @@ CALLED = (
     # _loop.py: reports a child's exit as the running version does (how many iterations late).
     (unix_events._UnixSelectorEventLoop, "_child_watcher_callback"),
     (unix_events._UnixSubprocessTransport, "_process_exited"),
+    # _loop.py: the transport factories refuse an fd in use where asyncio's do (3.12+).
+    (selector_events.BaseSelectorEventLoop, "_ensure_fd_no_transport"),
 )

@@ -40,7 +40,7 @@ def handle_repr(handle):
         info.append(f"when={handle._when}")
     callback = handle._callback
     if callback is not None:
-        info.append(format_callback_source(callback, handle._args))
+        info.append(format_callback_source(callback, handle._args, debug=handle._loop.get_debug()))
     tb = handle._source_traceback
     if tb:
         frame = tb[-1]
@@ -50,7 +50,7 @@ def handle_repr(handle):
 
 def report_callback_error(handle, callback, args, exc):
     """Reports an exception raised by a handle's callback, as ``asyncio.Handle._run`` does."""
-    cb = format_callback_source(callback, args)
+    cb = format_callback_source(callback, args, debug=handle._loop.get_debug())
     context = {
         "message": f"Exception in callback {cb}",
         "exception": exc,
@@ -76,7 +76,7 @@ def run_handle_debug(loop, handle):
 
 def report_call_error(loop, callback, args, exc):
     """Reports an exception from a callback the loop ran without a handle."""
-    cb = format_callback_source(callback, args)
+    cb = format_callback_source(callback, args, debug=loop.get_debug())
     loop.call_exception_handler({"message": f"Exception in callback {cb}", "exception": exc})
 
 

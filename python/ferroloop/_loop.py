@@ -92,6 +92,8 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
     def _make_socket_transport(
         self, sock, protocol, waiter=None, *, extra=None, server=None, context=None
     ):
+        if _compat.TRANSPORT_REFUSES_USED_FD:
+            self._ensure_fd_no_transport(sock)
         return _transports.make_socket_transport(
             self, sock, protocol, waiter, extra=extra, server=server, context=context
         )
@@ -111,6 +113,8 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
         context=None,
     ):
+        if _compat.TRANSPORT_REFUSES_USED_FD:
+            self._ensure_fd_no_transport(rawsock)
         # asyncio's TLS state machine, in Rust (ferroloop._tls), over the Rust socket transport.
         ssl_protocol = _tls.make_ssl_protocol(
             self,
@@ -189,6 +193,8 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
         return await _sendfile.sendfile_fallback(self, transp, file, offset, count)
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        if _compat.TRANSPORT_REFUSES_USED_FD:
+            self._ensure_fd_no_transport(sock)
         return _transports.DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _start_serving(
@@ -218,9 +224,13 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
     def run_forever(self):
         """Run until stop() is called."""
         if _compat.HAS_RUN_FOREVER_SETUP:
-            # 3.13+: asyncio's own set-up and clean-up, which subclasses may extend.
-            self._run_forever_setup()
+            # 3.13+: asyncio's own set-up and clean-up, which subclasses may extend. 3.13.0 also
+            # cleans up after a set-up that failed (a nested run_forever), as asyncio does there.
+            if not _compat.RUN_FOREVER_CLEANS_UP_A_FAILED_SETUP:
+                self._run_forever_setup()
             try:
+                if _compat.RUN_FOREVER_CLEANS_UP_A_FAILED_SETUP:
+                    self._run_forever_setup()
                 self._run_core()
             finally:
                 self._run_forever_cleanup()

@@ -9,6 +9,8 @@ calls; afterwards the application's protocol is put back as it was.
 
 import asyncio
 
+from ._compat import SENDFILE_DRAINS_AFTER_WRITE, SENDFILE_SEEKS_ANY_OFFSET
+
 __all__ = ("sendfile_fallback",)
 
 #: Bytes read from the file and written per step.
@@ -70,7 +72,10 @@ class _StandIn(asyncio.Protocol):
 async def sendfile_fallback(loop, transport, file, offset, count):
     """Sends ``count`` bytes (all, if None) of ``file`` from ``offset``; returns the bytes sent
     and leaves the file positioned after them, as asyncio does."""
-    if offset:
+    if SENDFILE_SEEKS_ANY_OFFSET:
+        if hasattr(file, "seek"):
+            file.seek(offset)
+    elif offset:
         file.seek(offset)
     block = min(count, BLOCK_SIZE) if count else BLOCK_SIZE
     buf = bytearray(block)
@@ -83,8 +88,12 @@ async def sendfile_fallback(loop, transport, file, offset, count):
             read = await loop.run_in_executor(None, file.readinto, view)
             if not read:
                 break
-            await stand_in.drain()
-            transport.write(view[:read])
+            if SENDFILE_DRAINS_AFTER_WRITE:
+                transport.write(view[:read])
+                await stand_in.drain()
+            else:
+                await stand_in.drain()
+                transport.write(view[:read])
             sent += read
         return sent
     finally:

@@ -10,7 +10,7 @@ import ssl
 import warnings
 from asyncio import constants, protocols
 
-from . import _ferroloop
+from . import _compat, _ferroloop
 from ._compat import SendfileMode, create_transport_context
 
 __all__ = ("SSLProtocol", "SSLTransport", "accept", "make_ssl_protocol", "start_tls")
@@ -54,15 +54,18 @@ def make_ssl_protocol(
     call_connection_made=True,
     ssl_handshake_timeout=None,
     ssl_shutdown_timeout=None,
+    incoming=None,
 ):
-    """What ``sslproto.SSLProtocol(...)`` makes in asyncio, with the same checks and defaults."""
+    """What ``sslproto.SSLProtocol(...)`` makes in asyncio, with the same checks and defaults.
+    ``incoming``: the BIO that the TLS object reads ciphertext from (a new one by default)."""
     handshake_timeout = _timeout(ssl_handshake_timeout, "ssl_handshake_timeout")
     shutdown_timeout = _timeout(ssl_shutdown_timeout, "ssl_shutdown_timeout")
     if not sslcontext:
         sslcontext = create_transport_context(server_side, server_hostname)
     if not server_hostname or server_side:
         server_hostname = None
-    incoming = ssl.MemoryBIO()
+    if incoming is None:
+        incoming = ssl.MemoryBIO()
     outgoing = ssl.MemoryBIO()
     sslobj = sslcontext.wrap_bio(
         incoming, outgoing, server_side=server_side, server_hostname=server_hostname
@@ -102,6 +105,7 @@ async def start_tls(
     if not getattr(transport, "_start_tls_compatible", False):
         raise TypeError(f"transport {transport!r} is not supported by start_tls()")
     waiter = loop.create_future()
+    incoming = ssl.MemoryBIO()
     ssl_protocol = make_ssl_protocol(
         loop,
         protocol,
@@ -112,9 +116,15 @@ async def start_tls(
         call_connection_made=False,
         ssl_handshake_timeout=ssl_handshake_timeout,
         ssl_shutdown_timeout=ssl_shutdown_timeout,
+        incoming=incoming,
     )
     # Reading stays paused until connection_made has run, so no record arrives before it.
     transport.pause_reading()
+    if server_side and _compat.START_TLS_TAKES_STREAM_BUFFER:
+        # What the stream reader already read past the plaintext is the start of the handshake.
+        buffered = _compat.take_stream_buffer(protocol)
+        if buffered:
+            incoming.write(buffered)
     transport.set_protocol(ssl_protocol)
     made = loop.call_soon(ssl_protocol.connection_made, transport)
     resumed = loop.call_soon(transport.resume_reading)

@@ -24,6 +24,7 @@ use ferroloop_core::driver::Interest;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 use rustix::io::Errno;
@@ -35,7 +36,8 @@ use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::sockaddr::{self, PeerCache};
 use crate::transport::{
-    fd_of, flow_callback, is_exit, write_buffer_limits, WaterMarks, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    compat_flag, compat_size, fd_of, flow_callback, is_exit, write_buffer_limits, WaterMarks,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// Datagrams read at most per readable event.
@@ -45,6 +47,23 @@ use crate::transport::{
 /// echoes, where uvloop made 639 `epoll_pwait`s, libuv reading up to 32 datagrams per event). The bound keeps
 /// one busy socket from holding up the loop's other work.
 const READ_BATCH: usize = 32;
+
+/// Whether `sendto(b"")` sends an empty datagram (asyncio 3.13+; before, it did nothing).
+fn sends_empty_datagrams(py: Python<'_>) -> PyResult<bool> {
+    static SWITCH: PyOnceLock<bool> = PyOnceLock::new();
+    compat_flag(py, &SWITCH, "SENDTO_SENDS_EMPTY_DATAGRAMS")
+}
+
+/// `(queued, sent)`: what a queued datagram adds to the buffer size beyond its bytes, and what
+/// its sending takes off beyond them (asyncio 3.13+ counts 8 header bytes; 3.13.0 forgot to take
+/// them off).
+fn header_sizes(py: Python<'_>) -> PyResult<(usize, usize)> {
+    static HEADER: PyOnceLock<usize> = PyOnceLock::new();
+    static RELEASED: PyOnceLock<bool> = PyOnceLock::new();
+    let header = compat_size(py, &HEADER, "DATAGRAM_HEADER_SIZE")?;
+    let released = compat_flag(py, &RELEASED, "DATAGRAM_SENT_RELEASES_HEADER")?;
+    Ok((header, if released { header } else { 0 }))
+}
 
 #[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, one for one
 struct State {
@@ -348,10 +367,11 @@ impl DatagramTransport {
     fn run_write(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let (_, header) = header_sizes(py)?;
         loop {
             let Some((data, addr)) = this.state.with(py, |s| {
                 let item = s.queue.pop_front()?;
-                s.buffer_size -= item.0.bind(py).as_bytes().len();
+                s.buffer_size -= item.0.bind(py).as_bytes().len() + header;
                 Some(item)
             })?
             else {
@@ -361,7 +381,7 @@ impl DatagramTransport {
                 Sent::Done => {}
                 Sent::Blocked => {
                     this.state.with(py, |s| {
-                        s.buffer_size += data.bind(py).as_bytes().len();
+                        s.buffer_size += data.bind(py).as_bytes().len() + header;
                         s.queue.push_front((data, addr));
                     })?;
                     break;
@@ -477,7 +497,7 @@ impl DatagramTransport {
             )));
         };
         let size = bytes.as_bytes().len();
-        if size == 0 {
+        if size == 0 && !sends_empty_datagrams(py)? {
             return Ok(());
         }
         let mut addr = addr.filter(|a| !a.is_none()).cloned();
@@ -508,9 +528,10 @@ impl DatagramTransport {
                 Sent::Failed(err) => return Self::send_failed(slf, &err),
             }
         }
+        let (header, _) = header_sizes(py)?;
         let pause = this.state.with(py, |s| {
             s.queue.push_back((bytes.unbind(), addr.map(Bound::unbind)));
-            s.buffer_size += size;
+            s.buffer_size += size + header;
             s.flow.should_pause(s.buffer_size)
         })?;
         this.sync_interest(py)?;

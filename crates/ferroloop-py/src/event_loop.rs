@@ -25,13 +25,14 @@ use ferroloop_core::timer::TimerQueue;
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::cell::AttachedCell;
 use crate::completion::{Buffers, OpTable};
 use crate::glue::{self, os_error};
-use crate::handle::{Callback, Handle, TimerHandle};
+use crate::handle::{Callback, Handle, ThreadSafeHandle, TimerHandle};
 use crate::owner::{IoOp, Owner};
 use crate::sockops;
 use crate::stream::MAX_READ;
@@ -111,12 +112,12 @@ fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
 
-/// `contextvars.copy_context()`.
 /// `loop.time()`: the monotonic clock in seconds.
 pub fn loop_time() -> f64 {
     ns_to_secs(monotonic_ns())
 }
 
+/// `contextvars.copy_context()`.
 pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: PyContext_CopyCurrent returns a new reference or null with an exception set.
     unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()) }
@@ -154,6 +155,21 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     }
     // What the selectors' C calls say of an fd past a C int.
     RawFd::try_from(fd).map_err(|_| PyOverflowError::new_err("Python int too large to convert to C int"))
+}
+
+/// Whether `call_soon_threadsafe` returns a `_ThreadSafeHandle` (asyncio 3.14+; `_compat`'s switch).
+fn threadsafe_handles(py: Python<'_>) -> PyResult<bool> {
+    static SWITCH: PyOnceLock<bool> = PyOnceLock::new();
+    SWITCH
+        .get_or_try_init(py, || Ok(!glue::compat(py, "ThreadSafeHandle")?.is_none()))
+        .copied()
+}
+
+/// Whether `name` is a keyword of `create_task` that every version passes to `Task` as it is when
+/// no task factory is set: `name` or `context`.
+pub fn is_plain_task_keyword(name: &Bound<'_, PyAny>) -> bool {
+    name.cast::<PyString>()
+        .is_ok_and(|n| n.to_str().is_ok_and(|n| n == "name" || n == "context"))
 }
 
 /// The kernel has what the completion model needs (only `io_uring` asks).
@@ -260,10 +276,11 @@ impl LoopCore {
     }
 
     /// Queues `op` for `owner` at the end of the ready queue, as `call_soon` would (a connection
-    /// loss with a copy of the current context, as `call_soon` takes one).
+    /// loss with a copy of the current context, as `call_soon` takes one, unless the owner's
+    /// connection loss runs in its own context: `Owner::loses_in_own_context`).
     pub fn schedule(&self, py: Python<'_>, owner: Owner, op: IoOp) -> PyResult<()> {
         let context = match op {
-            IoOp::ConnectionLost(_) => Some(copy_context(py)?),
+            IoOp::ConnectionLost(_) if !owner.loses_in_own_context(py)? => Some(copy_context(py)?),
             _ => None,
         };
         self.state.with(py, |s| s.ready.push(Ready::Io(owner, op, context)))
@@ -441,7 +458,15 @@ impl LoopCore {
             };
             Self::debug_checks(slf, callback, method, !threadsafe)?;
         }
-        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
+        let base = Self::new_handle(slf, callback, args, context)?;
+        let handle = if threadsafe && threadsafe_handles(py)? {
+            Py::new(py, ThreadSafeHandle::wrap(base))?
+                .into_bound(py)
+                .into_super()
+                .unbind()
+        } else {
+            Py::new(py, base)?
+        };
         let queued = handle.clone_ref(py);
         this.state.with(py, |s| {
             s.ready.push(Ready::Native(queued));
@@ -918,8 +943,10 @@ impl LoopCore {
         tasks::new_future(slf.as_any())
     }
 
-    /// `asyncio.Task(coro, loop=self, ...)`; with a task factory set, asyncio's own
-    /// `create_task` runs instead, since what it passes to factories differs between versions.
+    /// `asyncio.Task(coro, loop=self, name=..., context=...)`. With a task factory set, or
+    /// keywords other than `name` and `context`, asyncio's own `create_task` runs instead: what it
+    /// passes to factories, which keywords it takes and how it refuses the others differ between
+    /// versions (3.14 passes any keyword to `Task` or to the factory; before, only these two).
     #[pyo3(signature = (coro, **kwargs))]
     pub fn create_task<'py>(
         slf: &Bound<'py, Self>,
@@ -928,15 +955,12 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        this.check_closed()?;
-        if this.state.with(py, |s| s.task_factory.is_some())? {
-            let base = py
-                .import("asyncio.base_events")?
-                .getattr("BaseEventLoop")?
-                .getattr("create_task")?;
+        let plain = kwargs.is_none_or(|k| k.keys().iter().all(|n| is_plain_task_keyword(&n)));
+        if !plain || this.state.with(py, |s| s.task_factory.is_some())? {
             let args = PyTuple::new(py, [slf.as_any(), coro])?;
-            return base.call(args, kwargs);
+            return tasks::asyncio_create_task(py)?.call(args, kwargs);
         }
+        this.check_closed()?;
         tasks::new_task(slf.as_any(), coro, kwargs)
     }
 

@@ -17,7 +17,9 @@
 //! interned one, then by value), and call the same Rust methods; `create_task` takes only
 //! `create_task(coro)`. Any other shape (too few
 //! positional arguments, another keyword) goes to `PyO3`'s own method, kept aside when the module is
-//! initialised, so every error message stays the one `PyO3`'s signature gives.
+//! initialised, so every error message stays the one `PyO3`'s signature gives; except for
+//! `create_task`, whose other shapes go to `PyO3`'s method with only `name`/`context` keywords
+//! and to asyncio's own `BaseEventLoop.create_task` otherwise (its messages differ by version).
 //!
 //! [`install`] replaces the methods in `LoopCore`'s type dict with method descriptors built from
 //! static `PyMethodDef`s; the descriptor checks the type of `self`, as `PyO3`'s does.
@@ -32,7 +34,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 use pyo3::{Borrowed, PyTypeInfo};
 
-use crate::event_loop::LoopCore;
+use crate::event_loop::{is_plain_task_keyword, LoopCore};
+use crate::tasks;
 
 /// One of the methods with a fast entry point.
 #[derive(Clone, Copy)]
@@ -224,7 +227,15 @@ unsafe fn dispatch(
         (kwnames, std::slice::from_raw_parts(args, nargs + nkw))
     };
     if matches!(method, Method::CreateTask) {
-        if nargs != 1 || kwnames.is_some() {
+        if nargs != 1 {
+            // asyncio's method, for asyncio's message ("BaseEventLoop.create_task() takes 2
+            // positional arguments but 3 were given").
+            return call_with_self(py, tasks::asyncio_create_task(py)?, slf, all, nargs, kwnames);
+        }
+        if let Some(names) = &kwnames {
+            if !names.iter().all(|n| is_plain_task_keyword(&n)) {
+                return call_with_self(py, tasks::asyncio_create_task(py)?, slf, all, nargs, kwnames);
+            }
             return fallback(py, method, slf, all, nargs, kwnames);
         }
         // SAFETY: as below.
@@ -292,6 +303,18 @@ fn fallback(
     let Some(original) = method.fallback().get(py) else {
         return Err(PySystemError::new_err("ferroloop: fast call paths not installed"));
     };
+    call_with_self(py, original.bind(py), slf, all, nargs, kwnames)
+}
+
+/// Calls `callable(slf, *positional, **keywords)`.
+fn call_with_self(
+    py: Python<'_>,
+    callable: &Bound<'_, PyAny>,
+    slf: *mut ffi::PyObject,
+    all: &[*mut ffi::PyObject],
+    nargs: usize,
+    kwnames: Option<Borrowed<'_, '_, PyTuple>>,
+) -> PyResult<*mut ffi::PyObject> {
     let mut with_self = Vec::with_capacity(all.len() + 1);
     with_self.push(slf);
     with_self.extend_from_slice(all);
@@ -300,7 +323,7 @@ fn fallback(
     // positional arguments, then one value per name in `kwnames`. The result is a new reference
     // or null with an exception set.
     unsafe {
-        let res = ffi::PyObject_Vectorcall(original.as_ptr(), with_self.as_ptr(), nargs + 1, kwnames);
+        let res = ffi::PyObject_Vectorcall(callable.as_ptr(), with_self.as_ptr(), nargs + 1, kwnames);
         Bound::from_owned_ptr_or_err(py, res).map(Bound::into_ptr)
     }
 }

@@ -12,10 +12,17 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
 
 static GLUE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static COMPAT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 /// The function `name` of `ferroloop._glue`.
 pub fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     let module = GLUE.get_or_try_init(py, || PyModule::import(py, "ferroloop._glue").map(Bound::unbind))?;
+    module.bind(py).getattr(name)
+}
+
+/// The attribute `name` of `ferroloop._compat`: asyncio's private names and version switches.
+pub fn compat<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    let module = COMPAT.get_or_try_init(py, || PyModule::import(py, "ferroloop._compat").map(Bound::unbind))?;
     module.bind(py).getattr(name)
 }
 

@@ -4,14 +4,24 @@
 //! enters the context and calls the callback through the C API, as `Context.run` would, without
 //! building a bound method or an argument tuple. Cancelling drops the callback and arguments at
 //! once (asyncio does the same), so a cancelled timer that waits in the heap holds no references.
+//!
+//! `_ThreadSafeHandle` (3.14+, what `call_soon_threadsafe` returns there) adds asyncio's lock: its
+//! `cancel()`/`cancelled()` from another thread wait for a callback that is running, and its run
+//! checks for cancellation under the lock. Only handles of that class pay for it.
+//!
+//! Each class reports asyncio's class of the same role as its `__class__` (`asyncio.Handle`,
+//! `asyncio.TimerHandle`, `asyncio.events._ThreadSafeHandle`), so that `isinstance(handle,
+//! asyncio.Handle)` holds as it does on asyncio's loop; `type(handle)` stays the Rust class.
 
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyTuple, PyType};
 use pyo3::{Borrowed, PyTraverseError, PyTypeInfo, PyVisit};
 
@@ -36,7 +46,31 @@ pub struct Handle {
     source_traceback: Option<Py<PyAny>>,
     /// The repr taken at cancellation in debug mode (asyncio's `_repr`).
     cancelled_repr: AttachedCell<Option<Py<PyAny>>>,
+    /// The object is a [`ThreadSafeHandle`]: its run takes the lock.
+    threadsafe: bool,
 }
+
+/// asyncio's class that an instance of `ours` reports as its `__class__` (`name` in
+/// `ferroloop._compat`); a Python subclass of a handle class reports itself.
+fn reported_class(
+    slf: &Bound<'_, PyAny>,
+    ours: &Bound<'_, PyType>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<Py<PyAny>> {
+    let py = slf.py();
+    let ty = slf.get_type();
+    if !ty.is(ours) {
+        return Ok(ty.into_any().unbind());
+    }
+    Ok(cell
+        .get_or_try_init(py, || glue::compat(py, name).map(Bound::unbind))?
+        .clone_ref(py))
+}
+
+static ASYNCIO_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_TIMER_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_THREADSAFE_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 impl Handle {
     pub fn new(py: Python<'_>, cb: Callback, loop_: Py<LoopCore>, debug: bool) -> PyResult<Handle> {
@@ -51,6 +85,7 @@ impl Handle {
             loop_,
             source_traceback,
             cancelled_repr: AttachedCell::new(None),
+            threadsafe: false,
         })
     }
 
@@ -62,7 +97,18 @@ impl Handle {
     /// Calls the callback in its context. Exceptions go to the loop's exception handler, except
     /// `SystemExit` and `KeyboardInterrupt`, which are returned so that they stop the loop (asyncio
     /// re-raises exactly those two from `Handle._run`).
+    #[inline]
     pub fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        if slf.get().threadsafe {
+            // SAFETY: `threadsafe` is set only by `ThreadSafeHandle::wrap`, on the base of a
+            // `ThreadSafeHandle` (a class that cannot be subclassed), so that is what `slf` is.
+            let ts = unsafe { slf.cast_unchecked::<ThreadSafeHandle>() };
+            return ThreadSafeHandle::run(ts);
+        }
+        Handle::run_unlocked(slf)
+    }
+
+    fn run_unlocked(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         // NOTE: `Bound` clones, not `Py::clone_ref`: dropping a `Bound` is a plain decref, where
@@ -121,12 +167,18 @@ impl Handle {
     /// `call_soon batch` spent 360 instructions in `PyO3`'s `tp_traverse` against 250 in uvloop's
     /// Cython one, `call_later fire` 590 against 250; with this function, 260 on both.
     pub fn install_traverse(py: Python<'_>) {
-        for ty in [Handle::type_object(py), TimerHandle::type_object(py)] {
-            // SAFETY: both are heap types created by PyO3 with `Py_TPFLAGS_HAVE_GC` (they define
-            // `__traverse__`), so their type objects are writable and the GC calls `tp_traverse`.
-            // `traverse_handle` visits exactly what PyO3's generated traversal visits (the
-            // `__traverse__` below; `TimerHandle` holds no references of its own, and neither type
-            // has a `__dict__`), so swapping the function changes nothing but the cost.
+        let types = [
+            Handle::type_object(py),
+            TimerHandle::type_object(py),
+            ThreadSafeHandle::type_object(py),
+        ];
+        for ty in types {
+            // SAFETY: all are heap types created by PyO3 with `Py_TPFLAGS_HAVE_GC` (they define or
+            // inherit `__traverse__`), so their type objects are writable and the GC calls
+            // `tp_traverse`. `traverse_handle` visits exactly what PyO3's generated traversal
+            // visits (the `__traverse__` below; `TimerHandle` and `ThreadSafeHandle` hold no
+            // references of their own, and no type has a `__dict__`), so swapping the function
+            // changes nothing but the cost.
             unsafe {
                 (*ty.as_type_ptr()).tp_traverse = Some(traverse_handle);
             }
@@ -244,6 +296,12 @@ impl Handle {
         Ok(glue::helper(slf.py(), "handle_repr")?.call1((slf,))?.unbind())
     }
 
+    /// `asyncio.Handle`, so that `isinstance` checks against it hold (see the module docs).
+    #[getter(__class__)]
+    fn reported_class(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        reported_class(slf.as_any(), &Handle::type_object(slf.py()), &ASYNCIO_HANDLE, "Handle")
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.loop_)?;
         visit.call(&self.source_traceback)?;
@@ -338,6 +396,13 @@ impl TimerHandle {
     fn __class_getitem__(cls: &Bound<'_, PyType>, _item: &Bound<'_, PyAny>) -> Py<PyType> {
         cls.clone().unbind()
     }
+
+    /// `asyncio.TimerHandle` (see the module docs).
+    #[getter(__class__)]
+    fn reported_class(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let ours = TimerHandle::type_object(slf.py());
+        reported_class(slf.as_any(), &ours, &ASYNCIO_TIMER_HANDLE, "TimerHandle")
+    }
 }
 
 impl TimerHandle {
@@ -355,5 +420,149 @@ impl TimerHandle {
         let (ca, cb) = (ha.get()._callback(py)?, hb.get()._callback(py)?);
         let (aa, ab) = (ha.get()._args(py)?, hb.get()._args(py)?);
         Ok(ca.into_pyobject(py)?.eq(cb)? && aa.into_pyobject(py)?.eq(ab)?)
+    }
+}
+
+/// What `call_soon_threadsafe` returns on 3.14+: asyncio's `events._ThreadSafeHandle`, whose
+/// `cancel()`, `cancelled()` and run hold a re-entrant lock, so that a `cancel()` from another
+/// thread either comes first (the callback never runs) or returns after the callback did.
+#[pyclass(frozen, extends = Handle, name = "_ThreadSafeHandle", module = "ferroloop._ferroloop")]
+pub struct ThreadSafeHandle {
+    lock: RunLock,
+}
+
+impl ThreadSafeHandle {
+    /// The handle `base` made thread-safe: its class and its lock.
+    pub fn wrap(base: Handle) -> PyClassInitializer<ThreadSafeHandle> {
+        PyClassInitializer::from(Handle {
+            threadsafe: true,
+            ..base
+        })
+        .add_subclass(ThreadSafeHandle { lock: RunLock::new() })
+    }
+
+    fn run(slf: &Bound<'_, ThreadSafeHandle>) -> PyResult<()> {
+        let _held = slf.get().lock.hold(slf.py());
+        let base = slf.as_super();
+        // The loop looked without the lock: a cancel() may have come in between (asyncio checks
+        // again under the lock, too).
+        if base.get().is_cancelled() {
+            return Ok(());
+        }
+        Handle::run_unlocked(base)
+    }
+}
+
+#[pymethods]
+impl ThreadSafeHandle {
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let _held = slf.get().lock.hold(slf.py());
+        Handle::cancel(slf.as_super())
+    }
+
+    fn cancelled(slf: &Bound<'_, Self>) -> bool {
+        let _held = slf.get().lock.hold(slf.py());
+        slf.as_super().get().is_cancelled()
+    }
+
+    /// `asyncio.events._ThreadSafeHandle` (see the module docs).
+    #[getter(__class__)]
+    fn reported_class(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let ours = ThreadSafeHandle::type_object(slf.py());
+        reported_class(slf.as_any(), &ours, &ASYNCIO_THREADSAFE_HANDLE, "ThreadSafeHandle")
+    }
+}
+
+/// A re-entrant lock, as the `threading.RLock` of asyncio's `_ThreadSafeHandle`: held by one
+/// thread at a time, any number of times by that thread. A thread that must wait for it waits
+/// detached from the interpreter, so the holder (a callback running Python code) can go on.
+///
+/// Taking a free lock and releasing it without waiters are two atomic operations each (the loop
+/// runs every thread-safe handle under it); only waiting uses the mutex and condition variable.
+struct RunLock {
+    /// [`thread_token`] of the holder; 0 when free.
+    owner: AtomicUsize,
+    /// How many times the holder holds it; only the holder reads or writes it.
+    depth: AtomicUsize,
+    /// Threads waiting in [`RunLock::hold`]: only then does a release notify.
+    waiters: AtomicUsize,
+    /// Guards nothing but the sleep: a release notifies under it, so that its notification cannot
+    /// fall between a waiter's last look at `owner` and its wait.
+    sleep: Mutex<()>,
+    released: Condvar,
+}
+
+/// A number that identifies the calling thread among the live ones: the address of a
+/// thread-local (never 0).
+fn thread_token() -> usize {
+    thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.with(|t| std::ptr::from_ref(t) as usize)
+}
+
+impl RunLock {
+    fn new() -> RunLock {
+        RunLock {
+            owner: AtomicUsize::new(0),
+            depth: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            released: Condvar::new(),
+        }
+    }
+
+    /// Takes the lock if it is free.
+    fn try_take(&self, me: usize) -> bool {
+        let taken = self
+            .owner
+            .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok();
+        if taken {
+            self.depth.store(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Takes the lock (waiting, detached, while another thread holds it) until the guard drops.
+    fn hold(&self, py: Python<'_>) -> Held<'_> {
+        let me = thread_token();
+        if self.try_take(me) {
+            return Held(self);
+        }
+        if self.owner.load(Ordering::Relaxed) == me {
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            return Held(self);
+        }
+        py.detach(|| {
+            let mut sleep = self.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+            // SeqCst with the release's store of `owner` and load of `waiters`: either the
+            // release sees this waiter (and notifies under `sleep`, so after the wait began), or
+            // the `try_take` below sees the lock free.
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            while !self.try_take(me) {
+                sleep = self.released.wait(sleep).unwrap_or_else(PoisonError::into_inner);
+            }
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        });
+        Held(self)
+    }
+}
+
+/// One hold of a [`RunLock`], released when dropped (also when a callback unwinds).
+struct Held<'a>(&'a RunLock);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let lock = self.0;
+        let depth = lock.depth.load(Ordering::Relaxed) - 1;
+        lock.depth.store(depth, Ordering::Relaxed);
+        if depth == 0 {
+            lock.owner.store(0, Ordering::SeqCst);
+            if lock.waiters.load(Ordering::SeqCst) > 0 {
+                let _sleep = lock.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+                lock.released.notify_all();
+            }
+        }
     }
 }

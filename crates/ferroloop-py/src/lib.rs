@@ -27,7 +27,7 @@ mod _ferroloop {
     #[pymodule_export]
     use crate::event_loop::LoopCore;
     #[pymodule_export]
-    use crate::handle::{Handle, TimerHandle};
+    use crate::handle::{Handle, ThreadSafeHandle, TimerHandle};
     #[pymodule_export]
     use crate::listener::Listener;
     #[pymodule_export]

@@ -23,7 +23,8 @@ pub enum IoOp {
     Read,
     Write,
     /// `connection_lost(exc)` and release the socket. It runs in the context it was scheduled
-    /// from, as asyncio's `call_soon(self._call_connection_lost, exc)` does.
+    /// from, as asyncio's `call_soon(self._call_connection_lost, exc)` does (in the owner's own
+    /// where asyncio 3.15 passes the transport's: `Owner::loses_in_own_context`).
     ConnectionLost(Option<Py<PyAny>>),
     /// `eof_received()` (a read pipe that hit end of file).
     Eof,
@@ -73,6 +74,15 @@ impl Owner {
             Owner::Listener(l) => l.get().context().clone_ref(py),
             Owner::ReadPipe(t) => t.get().context().clone_ref(py),
             Owner::WritePipe(t) => t.get().context().clone_ref(py),
+        }
+    }
+
+    /// Whether `connection_lost` runs in the owner's own context rather than in a copy of the one
+    /// it was scheduled from: asyncio 3.15's socket transports (`_SelectorTransport._call_soon`).
+    pub fn loses_in_own_context(&self, py: Python<'_>) -> PyResult<bool> {
+        match self {
+            Owner::Stream(_) => crate::stream::connection_lost_in_connection_context(py),
+            _ => Ok(false),
         }
     }
 

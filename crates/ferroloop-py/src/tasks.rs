@@ -12,6 +12,19 @@ use pyo3::types::{PyDict, PyTuple};
 static FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static KW_LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static ASYNCIO_CREATE_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// asyncio's `BaseEventLoop.create_task` (a plain function: pass the loop first).
+pub fn asyncio_create_task(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    Ok(ASYNCIO_CREATE_TASK
+        .get_or_try_init(py, || {
+            py.import("asyncio.base_events")?
+                .getattr("BaseEventLoop")?
+                .getattr("create_task")
+                .map(Bound::unbind)
+        })?
+        .bind(py))
+}
 
 fn asyncio_attr<'py>(
     py: Python<'py>,

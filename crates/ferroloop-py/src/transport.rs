@@ -7,6 +7,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 use crate::glue;
 
@@ -14,6 +15,17 @@ use crate::glue;
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 pub const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+/// The version switch `name` of `ferroloop._compat` (a bool), read once into `cell`.
+pub fn compat_flag(py: Python<'_>, cell: &'static PyOnceLock<bool>, name: &str) -> PyResult<bool> {
+    cell.get_or_try_init(py, || glue::compat(py, name)?.is_truthy())
+        .copied()
+}
+
+/// The version switch `name` of `ferroloop._compat` (a size), read once into `cell`.
+pub fn compat_size(py: Python<'_>, cell: &'static PyOnceLock<usize>, name: &str) -> PyResult<usize> {
+    cell.get_or_try_init(py, || glue::compat(py, name)?.extract()).copied()
+}
 
 /// `SystemExit` and `KeyboardInterrupt` stop the loop; asyncio re-raises exactly those two from
 /// protocol callbacks and reports every other exception.

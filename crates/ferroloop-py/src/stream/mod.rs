@@ -14,6 +14,7 @@
 //!   without copying (`bytes` are kept as they are) and flushed with `writev` when the socket is
 //!   writable again.
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
 
@@ -24,6 +25,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use rustix::io::Errno;
@@ -38,7 +40,7 @@ use crate::tls::TlsProtocol;
 
 mod completion;
 use crate::transport::{
-    fd_of, flow_callback, is_exit, with_bytes, with_bytes_mut, write_buffer_limits, WaterMarks,
+    compat_flag, fd_of, flow_callback, is_exit, with_bytes, with_bytes_mut, write_buffer_limits, WaterMarks,
     LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
@@ -61,6 +63,40 @@ impl AsRef<[u8]> for Chunk {
             },
         }
     }
+}
+
+impl Chunk {
+    fn is(&self, other: &Py<PyBytes>) -> bool {
+        match self {
+            Chunk::Bytes(b) => b.as_ptr() == other.as_ptr(),
+        }
+    }
+}
+
+/// Whether asyncio's socket transport counts a queued memoryview by its `len()` (3.12+).
+fn write_buffer_counts_len(py: Python<'_>) -> PyResult<bool> {
+    static SWITCH: PyOnceLock<bool> = PyOnceLock::new();
+    compat_flag(py, &SWITCH, "WRITE_BUFFER_COUNTS_LEN")
+}
+
+/// Whether `connection_lost` runs in the connection's context, not in its closer's (3.15+).
+pub fn connection_lost_in_connection_context(py: Python<'_>) -> PyResult<bool> {
+    static SWITCH: PyOnceLock<bool> = PyOnceLock::new();
+    compat_flag(py, &SWITCH, "CONNECTION_LOST_IN_CONNECTION_CONTEXT")
+}
+
+/// The `TypeError` of `write()` given something else than bytes, a bytearray or a memoryview.
+fn write_type_error(data: &Bound<'_, PyAny>) -> PyResult<PyErr> {
+    static PREFIX: PyOnceLock<String> = PyOnceLock::new();
+    let py = data.py();
+    let prefix = PREFIX.get_or_try_init(py, || glue::compat(py, "WRITE_TYPE_ERROR")?.extract())?;
+    let name = data.get_type().name()?;
+    Ok(PyTypeError::new_err(format!("{prefix}, not '{name}'")))
+}
+
+/// What the byte count of a `unit`-bytes-per-item chunk of `bytes` bytes says more than its items.
+fn overcount(bytes: usize, unit: usize) -> usize {
+    bytes - bytes.div_ceil(unit)
 }
 
 /// The protocol and what is cached of it.
@@ -87,6 +123,11 @@ struct State {
     protocol_connected: bool,
     server: Option<Py<PyAny>>,
     writes: WriteQueue<Chunk>,
+    /// Queued chunks that asyncio (3.12+) counts by the `len()` of the memoryview they came from,
+    /// its items, not its bytes: each with its bytes per item. Almost always empty.
+    counted: VecDeque<(Py<PyBytes>, usize)>,
+    /// What the byte count of `counted`'s whole chunks says more than their items.
+    overcount: usize,
     /// Reading was started by the `Start` op (asyncio's deferred `_add_reader`).
     started: bool,
     paused: bool,
@@ -110,6 +151,52 @@ struct State {
 impl State {
     fn is_reading(&self) -> bool {
         !self.closing && !self.paused
+    }
+
+    /// `get_write_buffer_size()`: the queued bytes, where asyncio counts bytes.
+    fn buffer_size(&self) -> usize {
+        let bytes = self.writes.len();
+        let Some((first, unit)) = self.counted.front() else {
+            return bytes;
+        };
+        let mut over = self.overcount;
+        // The first counted chunk may be partly sent: count what is left of it.
+        if let Some((front, sent)) = self.writes.front() {
+            if sent > 0 && front.is(first) {
+                let size = front.as_ref().len();
+                over = over - overcount(size, *unit) + overcount(size - sent, *unit);
+            }
+        }
+        bytes - over
+    }
+
+    /// Queues `chunk`, of which `sent` bytes were sent, counted in items of `unit` bytes.
+    fn queue(&mut self, py: Python<'_>, chunk: Chunk, sent: usize, unit: usize) {
+        if unit > 1 {
+            let Chunk::Bytes(b) = &chunk;
+            self.overcount += overcount(chunk.as_ref().len(), unit);
+            self.counted.push_back((b.clone_ref(py), unit));
+        }
+        self.writes.push(chunk, sent);
+    }
+
+    /// Forgets the counted chunks among `done`, which were sent.
+    fn sent(&mut self, done: &[Chunk]) {
+        for chunk in done {
+            let Some((first, unit)) = self.counted.front() else {
+                return;
+            };
+            if chunk.is(first) {
+                self.overcount -= overcount(chunk.as_ref().len(), *unit);
+                self.counted.pop_front();
+            }
+        }
+    }
+
+    /// Drops the write queue (the connection is lost); returns its chunks.
+    fn clear_writes(&mut self) -> (Vec<Chunk>, VecDeque<(Py<PyBytes>, usize)>) {
+        self.overcount = 0;
+        (self.writes.clear(), std::mem::take(&mut self.counted))
     }
 
     fn wanted_interest(&self) -> Interest {
@@ -186,7 +273,7 @@ impl StreamTransport {
             if s.conn_lost > 0 {
                 return None;
             }
-            let dropped = s.writes.clear();
+            let dropped = s.clear_writes();
             s.closing = true;
             s.conn_lost += 1;
             Some(dropped)
@@ -396,7 +483,7 @@ impl StreamTransport {
             }
             Err(e) => {
                 let err = os_error(&e);
-                let dropped = this.state.with(py, |s| s.writes.clear())?;
+                let dropped = this.state.with(py, State::clear_writes)?;
                 drop(dropped);
                 Self::sync_interest(slf)?;
                 Self::fatal_error(slf, &err, "Fatal write error on socket transport")?;
@@ -410,6 +497,9 @@ impl StreamTransport {
                 Ok(())
             }
             Ok((_, done)) => {
+                if !done.is_empty() {
+                    this.state.with(py, |s| s.sent(&done))?;
+                }
                 drop(done);
                 Self::maybe_resume_protocol(slf)?;
                 let (empty, completion, closing, eof, waiter) = this.state.with(py, |s| {
@@ -483,7 +573,7 @@ impl StreamTransport {
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let pause = this.state.with(py, |s| s.flow.should_pause(s.writes.len()))?;
+        let pause = this.state.with(py, |s| s.flow.should_pause(s.buffer_size()))?;
         if pause {
             flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
         }
@@ -493,7 +583,7 @@ impl StreamTransport {
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let resume = this.state.with(py, |s| s.flow.should_resume(s.writes.len()))?;
+        let resume = this.state.with(py, |s| s.flow.should_resume(s.buffer_size()))?;
         if resume {
             flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
         }
@@ -667,6 +757,8 @@ impl StreamTransport {
                 protocol_connected: true,
                 server,
                 writes: WriteQueue::new(),
+                counted: VecDeque::new(),
+                overcount: 0,
                 started: false,
                 paused: false,
                 read_eof: false,
@@ -705,11 +797,9 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let bytes = data.cast::<PyBytes>().ok();
-        if bytes.is_none() && !(data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
-            let name = data.get_type().name()?;
-            return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not '{name}'"
-            )));
+        let view = bytes.is_none() && data.is_instance_of::<PyMemoryView>();
+        if bytes.is_none() && !view && !data.is_instance_of::<PyByteArray>() {
+            return Err(write_type_error(data)?);
         }
         let (eof, waiting, conn_lost, queued) = this.state.with(py, |s| {
             (s.eof, s.empty_waiter.is_some(), s.conn_lost, !s.writes.is_empty())
@@ -720,11 +810,18 @@ impl StreamTransport {
         if waiting {
             return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
         }
+        // A memoryview's `len()`: asyncio's `if not data` asks for it (a 0-dim view has none
+        // since 3.12), and since 3.12 it is what a queued view counts for in the buffer size.
+        let items = if view { data.len()? } else { 0 };
+        let counted_items = (items > 0 && write_buffer_counts_len(py)?).then_some(items);
+        // The bytes per counted item, decided once here (1: bytes are counted).
+        let unit = |nbytes: usize| counted_items.filter(|&n| n < nbytes).map_or(1, |n| nbytes / n);
         let attempt = Attempt {
             fd: this.fd,
             conn_lost,
             queued,
         };
+        let mut per_item = 1;
         let outcome = if let Some(b) = bytes {
             // Queued as it is, without a copy: a bytes object cannot change.
             attempt.send(b.as_bytes(), |sent| (Chunk::Bytes(b.clone().unbind()), sent))
@@ -734,6 +831,7 @@ impl StreamTransport {
             // `bytes` by a Python call first: 400 of 5,600 instructions per request on
             // `tcp bufproto 1KiB`, whose protocol writes a memoryview.)
             let direct = with_bytes(data, |buf| {
+                per_item = unit(buf.len());
                 attempt.send(buf, |sent| (Chunk::Bytes(PyBytes::new(py, &buf[sent..]).unbind()), 0))
             });
             if let Some(outcome) = direct {
@@ -741,6 +839,7 @@ impl StreamTransport {
             } else {
                 // Not contiguous: copied whole by `bytes()`.
                 let copy = py.get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?;
+                per_item = unit(copy.as_bytes().len());
                 attempt.send(copy.as_bytes(), |sent| (Chunk::Bytes(copy.clone().unbind()), sent))
             }
         };
@@ -754,7 +853,7 @@ impl StreamTransport {
             }
             Sent::Failed(e) => Self::fatal_error(slf, &os_error(&e.into()), "Fatal write error on socket transport"),
             Sent::Part(chunk, offset) => {
-                this.state.with(py, |s| s.writes.push(chunk, offset))?;
+                this.state.with(py, |s| s.queue(py, chunk, offset, per_item))?;
                 Self::sync_interest(slf)?;
                 Self::maybe_pause_protocol(slf)
             }
@@ -889,7 +988,7 @@ impl StreamTransport {
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.state.with(py, |s| s.writes.len())
+        self.state.with(py, |s| s.buffer_size())
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
