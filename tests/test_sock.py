@@ -174,3 +174,63 @@ def test_cancelled_sock_recv_leaves_the_loop_usable(run, loop, sockpair):
 
     assert run(main()) == b"after cancel"
     assert loop.remove_reader(a) is False  # the cancelled wait unregistered its reader
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as exc:
+        return type(exc), str(exc)
+    raise AssertionError("no exception")
+
+
+def test_bad_arguments_raise_what_the_socket_call_raises(run, loop, sockpair):
+    # asyncio's sock_* begin with the socket's own recv/recv_into/send, so a bad argument is
+    # refused with that call's exception and message.
+    a, _ = sockpair
+    cases = [
+        (lambda: loop.sock_recv(a, "x"), lambda: a.recv("x")),
+        (lambda: loop.sock_recv(a, 1.5), lambda: a.recv(1.5)),
+        (lambda: loop.sock_recv(3, 10), lambda: (3).recv(10)),
+        (lambda: loop.sock_recv_into(a, "x"), lambda: a.recv_into("x")),
+        (lambda: loop.sock_recv_into(3, bytearray(1)), lambda: (3).recv_into(bytearray(1))),
+        (lambda: loop.sock_sendall(a, "x"), lambda: a.send("x")),
+        (lambda: loop.sock_sendall(3, b"x"), lambda: (3).send(b"x")),
+    ]
+    for coro, plain in cases:
+        assert _raised(lambda: run(coro())) == _raised(plain)
+
+
+class _TrackedSocket(socket.socket):
+    """A socket subclass that records the calls asyncio makes (websockets' tests do this)."""
+
+    calls = []
+
+    def recv(self, *args):
+        self.calls.append("recv")
+        return super().recv(*args)
+
+    def recv_into(self, *args):
+        self.calls.append("recv_into")
+        return super().recv_into(*args)
+
+    def send(self, *args):
+        self.calls.append("send")
+        return super().send(*args)
+
+
+def test_a_socket_subclass_gets_its_own_methods_called(run, loop):
+    a, b = socket.socketpair()
+    tracked = _TrackedSocket(a.family, a.type, fileno=a.detach())
+    _TrackedSocket.calls = []
+    with tracked, b:
+        tracked.setblocking(False)
+        b.setblocking(False)
+        b.send(b"one")
+        assert run(loop.sock_recv(tracked, 10)) == b"one"
+        b.send(b"two")
+        buf = bytearray(10)
+        assert run(loop.sock_recv_into(tracked, buf)) == 3 and buf[:3] == b"two"
+        run(loop.sock_sendall(tracked, b"three"))
+        assert b.recv(10) == b"three"
+    assert _TrackedSocket.calls == ["recv", "recv_into", "send"]
