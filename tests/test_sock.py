@@ -198,7 +198,7 @@ def test_bad_arguments_raise_what_the_socket_call_raises(run, loop, sockpair):
         (lambda: loop.sock_sendall(3, b"x"), lambda: (3).send(b"x")),
     ]
     for coro, plain in cases:
-        assert _raised(lambda: run(coro())) == _raised(plain)
+        assert _raised(lambda coro=coro: run(coro())) == _raised(plain)
 
 
 class _TrackedSocket(socket.socket):
