@@ -18,6 +18,7 @@ __all__ = (
     "DATAGRAM_SENT_RELEASES_HEADER",
     "DATAGRAM_SOCKET_EXPECTED",
     "RUN_FOREVER_CLEANS_UP_A_FAILED_SETUP",
+    "SENDFILE_DRAINS_AFTER_WRITE",
     "SENDTO_SENDS_EMPTY_DATAGRAMS",
     "WRITE_QUEUES_THE_CALLERS_OBJECT",
     "bind_error",
@@ -70,6 +71,12 @@ DATAGRAM_SOCKET_EXPECTED = (
 #: datagram counts DATAGRAM_HEADER_SIZE bytes more in get_write_buffer_size(). Until gh-135444
 #: (3.14 and a later 3.13, where the class got _header_size) those bytes stayed counted after the
 #: datagram was sent.
+#: 3.14: the transport ``sendfile`` fallback waits for the write buffer to drain after each
+#: block it writes, not before. Before, the last block could pause the transport as the fallback
+#: ended, and the application's protocol then got a resume_writing() it had no pause for.
+_SENDFILE_NAMES = base_events.BaseEventLoop._sendfile_fallback.__code__.co_names
+SENDFILE_DRAINS_AFTER_WRITE = _SENDFILE_NAMES.index("write") < _SENDFILE_NAMES.index("drain")
+
 SENDTO_SENDS_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
 DATAGRAM_HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
 DATAGRAM_SENT_RELEASES_HEADER = hasattr(selector_events._SelectorDatagramTransport, "_header_size")

@@ -32,8 +32,22 @@ def new_event_loop(*, backend=None):
 
 def run(main, *, debug=None, loop_factory=new_event_loop):
     """Run a coroutine on a new ferroloop loop and return its result, as ``asyncio.run``."""
+    if _running():
+        # asyncio.run's check and words, so that code written for it behaves the same. Unlike
+        # asyncio.run, the coroutine is closed: no "was never awaited" warning on top.
+        if _asyncio.iscoroutine(main):
+            main.close()
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     with _asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
         return runner.run(main)
+
+
+def _running():
+    try:
+        _asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _make_policy_class():

@@ -23,12 +23,14 @@ class _StandIn(asyncio.Protocol):
     def __init__(self, transport):
         self.transport = transport
         self.app_protocol = transport.get_protocol()
-        self.resume_reading = transport.is_reading()
-        self.resume_writing = transport._protocol_paused
+        # Not named resume_reading/resume_writing: an instance attribute would hide the method
+        # the transport calls when its buffer drains, and the fallback would wait forever.
+        self.should_resume_reading = transport.is_reading()
+        self.should_resume_writing = transport._protocol_paused
         self.drained = None
         transport.pause_reading()
         transport.set_protocol(self)
-        if self.resume_writing:
+        if self.should_resume_writing:
             self.drained = transport._loop.create_future()
 
     async def drain(self):
@@ -61,11 +63,11 @@ class _StandIn(asyncio.Protocol):
 
     def give_back(self):
         self.transport.set_protocol(self.app_protocol)
-        if self.resume_reading:
+        if self.should_resume_reading:
             self.transport.resume_reading()
         if self.drained is not None:
             self.drained.cancel()
-        if self.resume_writing:
+        if self.should_resume_writing:
             self.app_protocol.resume_writing()
 
 
