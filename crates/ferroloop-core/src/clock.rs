@@ -1,6 +1,8 @@
 //! The monotonic clock, in integer nanoseconds: the same clock as Python's `time.monotonic()`.
 
-use rustix::time::{clock_gettime, ClockId};
+use std::sync::OnceLock;
+
+use rustix::time::{clock_getres, clock_gettime, ClockId};
 
 /// Nanoseconds since an arbitrary fixed point, from `CLOCK_MONOTONIC`.
 ///
@@ -11,6 +13,20 @@ use rustix::time::{clock_gettime, ClockId};
 pub fn monotonic_ns() -> u64 {
     let ts = clock_gettime(ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The resolution of `CLOCK_MONOTONIC` in nanoseconds (at least 1), read once.
+///
+/// asyncio's `_clock_resolution` is `time.get_clock_info('monotonic').resolution`, which Python
+/// takes from `clock_getres()` of this clock; each iteration runs the timers due before
+/// `time() + _clock_resolution`.
+#[must_use]
+pub fn monotonic_resolution_ns() -> u64 {
+    static RESOLUTION: OnceLock<u64> = OnceLock::new();
+    *RESOLUTION.get_or_init(|| {
+        let ts = clock_getres(ClockId::Monotonic);
+        (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).max(1)
+    })
 }
 
 /// Converts seconds of loop time (a float, as asyncio gives it) to nanoseconds, saturating.

@@ -217,8 +217,8 @@ impl DatagramTransport {
 
     fn fatal_error(slf: &Bound<'_, Self>, exc: &PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
-        glue::helper(py, "transport_fatal_error")?.call1((slf, exc.value(py), message))?;
-        Self::force_close(slf, Some(exc.value(py).clone().into_any().unbind()))
+        glue::helper(py, "transport_fatal_error")?.call1((slf, glue::exc_value(py, exc), message))?;
+        Self::force_close(slf, Some(glue::exc_value(py, exc).clone().into_any().unbind()))
     }
 
     /// `sock.sendto(data, addr)` for addresses Rust does not parse (host names, odd forms).
@@ -243,7 +243,12 @@ impl DatagramTransport {
             return Ok(());
         };
         let method = protocol.bind(py).getattr("error_received")?;
-        Self::report(slf, method.call1((err.value(py),)).map(drop), &method, err.value(py))
+        Self::report(
+            slf,
+            method.call1((glue::exc_value(py, err),)).map(drop),
+            &method,
+            glue::exc_value(py, err),
+        )
     }
 
     /// Reports an exception from a protocol callback as asyncio's handle would.
@@ -258,7 +263,7 @@ impl DatagramTransport {
             Ok(()) => Ok(()),
             Err(err) if is_exit(py, &err) => Err(err),
             Err(err) => glue::helper(py, "report_call_error")?
-                .call1((slf.get().loop_.bind(py), callback, (arg,), err.value(py)))
+                .call1((slf.get().loop_.bind(py), callback, (arg,), glue::exc_value(py, &err)))
                 .map(drop),
         }
     }

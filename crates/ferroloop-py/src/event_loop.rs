@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferroloop_core::clock::{monotonic_ns, ns_to_secs, secs_to_ns};
+use ferroloop_core::clock::{monotonic_ns, monotonic_resolution_ns, ns_to_secs, secs_to_ns};
 use ferroloop_core::driver::uring::Uring;
 use ferroloop_core::driver::{Backend, Driver, Event, Interest};
 use ferroloop_core::ready::ReadyQueue;
@@ -679,9 +679,11 @@ impl LoopCore {
         py.detach(|| driver.wait(events, timeout)).map_err(|e| os_error(&e))
     }
 
-    /// Queues the callbacks of ready fds, then the due timers.
+    /// Queues the callbacks of ready fds, then the due timers: as asyncio's `_run_once`, those
+    /// due before `time() + _clock_resolution` (`end_time`), read after the wait.
     fn queue_ready(&self, py: Python<'_>, mut events: Vec<Event>) -> PyResult<()> {
-        let now = monotonic_ns();
+        // Due means `deadline < end_time`, i.e. `deadline <= end_time - 1` in whole nanoseconds.
+        let last_due = monotonic_ns() + monotonic_resolution_ns() - 1;
         let stale = self.state.with(py, |s| {
             let mut stale: Vec<Py<Handle>> = Vec::new();
             for ev in events.drain(..) {
@@ -733,7 +735,7 @@ impl LoopCore {
                 }
                 None => Vec::new(),
             };
-            while let Some(t) = s.timers.pop_due(now) {
+            while let Some(t) = s.timers.pop_due(last_due) {
                 t.get().unschedule();
                 s.ready.push(Ready::Native(t.into_bound(py).into_super().unbind()));
             }
@@ -772,7 +774,12 @@ impl LoopCore {
                         }
                         // Nothing a transport raises may stop the loop: report it as asyncio
                         // reports an exception from a callback.
-                        glue::helper(py, "report_call_error")?.call1((slf, owner.object(py), (), err.value(py)))?;
+                        glue::helper(py, "report_call_error")?.call1((
+                            slf,
+                            owner.object(py),
+                            (),
+                            glue::exc_value(py, &err),
+                        ))?;
                     }
                 }
                 Ready::Foreign(obj) => {

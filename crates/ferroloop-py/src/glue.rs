@@ -39,3 +39,17 @@ pub fn os_error(err: &io::Error) -> PyErr {
         None => PyOSError::new_err(err.to_string()),
     }
 }
+
+/// The exception object of `err`, carrying its traceback as a Python `except` clause would
+/// see it: what asyncio hands to the exception handler and to `connection_lost()`.
+///
+/// On 3.11 `PyErr` keeps the traceback beside the value (3.12+ stores it on the value), so
+/// `err.value(py)` alone would reach Python with `__traceback__` None there.
+pub fn exc_value<'a, 'py>(py: Python<'py>, err: &'a PyErr) -> &'a Bound<'py, pyo3::exceptions::PyBaseException> {
+    let value = err.value(py);
+    if let Some(tb) = err.traceback(py) {
+        // SAFETY: both pointers are live objects; PyException_SetTraceback takes a new reference.
+        unsafe { pyo3::ffi::PyException_SetTraceback(value.as_ptr(), tb.as_ptr()) };
+    }
+    value
+}

@@ -149,7 +149,7 @@ impl Handle {
                 Err(err)
             }
             Err(err) => {
-                glue::helper(py, "report_callback_error")?.call1((slf, callback, args, err.value(py)))?;
+                glue::helper(py, "report_callback_error")?.call1((slf, callback, args, glue::exc_value(py, &err)))?;
                 Ok(())
             }
         }

@@ -104,7 +104,7 @@ impl Listener {
                 this.loop_.bind(py),
                 slf,
                 &this.sock,
-                exc.value(py),
+                glue::exc_value(py, &exc),
             ))?;
             return Ok(());
         }
@@ -113,7 +113,7 @@ impl Listener {
             this.loop_.bind(py),
             slf.getattr(intern!(py, "_accept"))?,
             (),
-            exc.value(py),
+            glue::exc_value(py, &exc),
         ))?;
         Ok(())
     }
@@ -245,7 +245,7 @@ impl Listener {
             Err(err) => {
                 conn.call_method0(intern!(py, "close"))?;
                 glue::helper(py, "transport_creation_failed")?
-                    .call1((this.loop_.bind(py), err.value(py)))
+                    .call1((this.loop_.bind(py), glue::exc_value(py, &err)))
                     .map(drop)
             }
         }

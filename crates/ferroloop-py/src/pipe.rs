@@ -92,7 +92,7 @@ fn call_protocol<'py>(
         Ok(()) => Ok(()),
         Err(err) if is_exit(py, &err) => Err(err),
         Err(err) => glue::helper(py, "report_call_error")?
-            .call1((common.loop_.bind(py), method, args, err.value(py)))
+            .call1((common.loop_.bind(py), method, args, glue::exc_value(py, &err)))
             .map(drop),
     }
 }
@@ -251,10 +251,10 @@ impl ReadPipeTransport {
                 let err = os_error(&e.into());
                 glue::helper(py, "pipe_fatal_error")?.call1((
                     slf,
-                    err.value(py),
+                    glue::exc_value(py, &err),
                     "Fatal read error on pipe transport",
                 ))?;
-                return Self::close_with(slf, Some(err.value(py).clone().into_any().unbind()));
+                return Self::close_with(slf, Some(glue::exc_value(py, &err).clone().into_any().unbind()));
             }
         };
         let Some(protocol) = this.protocol(py)? else {
@@ -546,8 +546,8 @@ impl WritePipeTransport {
 
     fn fatal_error(slf: &Bound<'_, Self>, err: &PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
-        glue::helper(py, "transport_fatal_error")?.call1((slf, err.value(py), message))?;
-        Self::close_with(slf, Some(err.value(py).clone().into_any().unbind()))
+        glue::helper(py, "transport_fatal_error")?.call1((slf, glue::exc_value(py, err), message))?;
+        Self::close_with(slf, Some(glue::exc_value(py, err).clone().into_any().unbind()))
     }
 
     fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {

@@ -19,7 +19,7 @@ use rustix::net::{RecvFlags, SendFlags};
 
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
-use crate::glue::os_error;
+use crate::glue::{self, os_error};
 use crate::handle::Handle;
 use crate::stream::MAX_READ;
 use crate::tasks::new_future;
@@ -183,7 +183,9 @@ impl SockOp {
             }
             Attempt::Failed(e) => {
                 self.finish(py)?;
-                future.call_method1("set_exception", (e.value(py),)).map(drop)
+                future
+                    .call_method1("set_exception", (glue::exc_value(py, &e),))
+                    .map(drop)
             }
         }
     }

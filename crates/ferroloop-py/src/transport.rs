@@ -127,7 +127,7 @@ pub fn flow_callback(transport: &Bound<'_, PyAny>, protocol: Option<Py<PyAny>>, 
         Err(err) => {
             let message = format!("protocol.{name}() failed");
             glue::helper(py, "protocol_callback_failed")?
-                .call1((transport, message, err.value(py)))
+                .call1((transport, message, glue::exc_value(py, &err)))
                 .map(drop)
         }
     }

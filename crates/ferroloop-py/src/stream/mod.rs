@@ -261,8 +261,8 @@ impl StreamTransport {
     /// `OSError`), then force the connection closed.
     fn fatal_error(slf: &Bound<'_, Self>, exc: &PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
-        glue::helper(py, "transport_fatal_error")?.call1((slf, exc.value(py), message))?;
-        Self::force_close(slf, Some(exc.value(py).clone().into_any().unbind()))
+        glue::helper(py, "transport_fatal_error")?.call1((slf, glue::exc_value(py, exc), message))?;
+        Self::force_close(slf, Some(glue::exc_value(py, exc).clone().into_any().unbind()))
     }
 
     /// asyncio's `_force_close`.
@@ -305,7 +305,7 @@ impl StreamTransport {
                     slf.getattr(intern!(py, "_loop"))?,
                     protocol.bind(py).getattr(intern!(py, "connection_made"))?,
                     PyTuple::new(py, [slf])?,
-                    err.value(py),
+                    glue::exc_value(py, &err),
                 ))?;
             }
         }
@@ -492,7 +492,7 @@ impl StreamTransport {
                     .with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py)))?
                 {
                     w.bind(py)
-                        .call_method1(intern!(py, "set_exception"), (err.value(py),))?;
+                        .call_method1(intern!(py, "set_exception"), (glue::exc_value(py, &err),))?;
                 }
                 Ok(())
             }
@@ -565,7 +565,7 @@ impl StreamTransport {
         if let Some(w) = waiter {
             let err = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
             w.bind(py)
-                .call_method1(intern!(py, "set_exception"), (err.value(py),))?;
+                .call_method1(intern!(py, "set_exception"), (glue::exc_value(py, &err),))?;
         }
         told
     }

@@ -84,10 +84,11 @@ impl TlsProtocol {
         let py = slf.py();
         let transport = slf.get().transport(py)?;
         if let Some(t) = &transport {
-            t.bind(py).call_method1(intern!(py, "_force_close"), (exc.value(py),))?;
+            t.bind(py)
+                .call_method1(intern!(py, "_force_close"), (glue::exc_value(py, exc),))?;
         }
         glue::helper(py, "tls_fatal_error")?
-            .call1((slf, transport, exc.value(py), message))
+            .call1((slf, transport, glue::exc_value(py, exc), message))
             .map(drop)
     }
 
@@ -194,7 +195,7 @@ impl TlsProtocol {
                     "SSL handshake failed"
                 };
                 Self::fatal_error(slf, &err, message)?;
-                return this.wakeup_waiter(py, Some(err.value(py).as_any()));
+                return this.wakeup_waiter(py, Some(glue::exc_value(py, &err).as_any()));
             }
             Err(err) => return Err(err),
         };
@@ -410,7 +411,12 @@ impl TlsProtocol {
             Err(err) => {
                 let app_transport = this.with(py, |s| s.app_transport.as_ref().map(|t| t.clone_ref(py)))?;
                 glue::helper(py, "tls_flow_failed")?
-                    .call1((slf, format!("protocol.{name}() failed"), err.value(py), app_transport))
+                    .call1((
+                        slf,
+                        format!("protocol.{name}() failed"),
+                        glue::exc_value(py, &err),
+                        app_transport,
+                    ))
                     .map(drop)
             }
         }

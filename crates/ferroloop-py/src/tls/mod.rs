@@ -447,7 +447,8 @@ impl TlsProtocol {
         if matches!(this.phase(py)?, Phase::Flushing | Phase::Shutdown) {
             if let Some(t) = this.transport(py)? {
                 let exc = PyTimeoutError::new_err("SSL shutdown timed out");
-                t.bind(py).call_method1(intern!(py, "_force_close"), (exc.value(py),))?;
+                t.bind(py)
+                    .call_method1(intern!(py, "_force_close"), (glue::exc_value(py, &exc),))?;
             }
         }
         Ok(())
