@@ -74,6 +74,14 @@ def run_handle_debug(loop, handle):
         loop._current_handle = None
 
 
+def report_slow_io(transport, method, dt):
+    """Debug mode's warning about a transport's slow I/O work (its protocol's ``data_received``,
+    say), worded as asyncio's about the ``_read_ready`` handles of its selector transports."""
+    logger.warning(
+        "Executing <Handle %s.%s()> took %.3f seconds", type(transport).__name__, method, dt
+    )
+
+
 def report_call_error(loop, callback, args, exc):
     """Reports an exception from a callback the loop ran without a handle."""
     cb = format_callback_source(callback, args, debug=loop.get_debug())

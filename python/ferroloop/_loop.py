@@ -72,6 +72,20 @@ class _SelectorView(selectors.BaseSelector):
         self._core = None
 
 
+_SELECTOR_VIEWS = {}
+
+
+def _selector_view(core):
+    """A ``_SelectorView`` of ``core`` whose class is named after the loop's I/O backend: asyncio
+    logs ``Using selector: <the selector's class name>`` when a loop is made, so ferroloop's record
+    says ``Using selector: epoll`` (or ``poll``, ``select``, ``io_uring``)."""
+    backend = core.backend
+    cls = _SELECTOR_VIEWS.get(backend)
+    if cls is None:
+        cls = _SELECTOR_VIEWS[backend] = type(backend, (_SelectorView,), {"__module__": __name__})
+    return cls(core)
+
+
 class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
     """An asyncio event loop whose scheduler, timers and I/O dispatch are written in Rust."""
 
@@ -87,7 +101,7 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
         #: fd -> the Rust Listener accepting on it, for _stop_serving.
         self._listeners = {}
         self._children = _children.ChildWatcher(self)
-        super().__init__(selector=_SelectorView(self))
+        super().__init__(selector=_selector_view(self))
 
     def _make_socket_transport(
         self, sock, protocol, waiter=None, *, extra=None, server=None, context=None

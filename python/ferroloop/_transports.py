@@ -94,6 +94,11 @@ class _PipeFace:
         info.append(f"fd={self._fileno}")
         return info
 
+    def _loop_is_open(self):
+        # asyncio's pipe transports look for the loop's selector, which close() drops: on a
+        # closed loop an open pipe says "open" instead of "polling"/"idle".
+        return getattr(self._loop, "_selector", None) is not None
+
     def __del__(self, _warn=warnings.warn):
         pipe = self._pipe
         if pipe is not None:
@@ -121,8 +126,10 @@ class ReadPipeTransport(_PipeFace, _ferroloop.ReadPipeTransport):
 
     def __repr__(self):
         info = self._repr_info()
-        if self._pipe is not None:
+        if self._pipe is not None and self._loop_is_open():
             info.append("polling" if self._polling()[0] else "idle")
+        elif self._pipe is not None:
+            info.append("open")
         else:
             info.append("closed")
         return "<{}>".format(" ".join(info))
@@ -156,9 +163,11 @@ class WritePipeTransport(_PipeFace, _ferroloop.WritePipeTransport):
 
     def __repr__(self):
         info = self._repr_info()
-        if self._pipe is not None:
+        if self._pipe is not None and self._loop_is_open():
             info.append("polling" if self._polling()[1] else "idle")
             info.append(f"bufsize={self.get_write_buffer_size()}")
+        elif self._pipe is not None:
+            info.append("open")
         else:
             info.append("closed")
         return "<{}>".format(" ".join(info))

@@ -745,6 +745,18 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Debug mode: warns, as asyncio does for a slow handle, when an owner's work that started at
+    /// `t0` took `slow_callback_duration` or longer.
+    fn report_slow_io(slf: &Bound<'_, Self>, owner: &Owner, method: &'static str, t0: f64) -> PyResult<()> {
+        let py = slf.py();
+        let dt = loop_time() - t0;
+        let threshold: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;
+        if dt >= threshold {
+            glue::helper(py, "report_slow_io")?.call1((owner.object(py), method, dt))?;
+        }
+        Ok(())
+    }
+
     /// Runs what is ready now; what these callbacks schedule runs in the next iteration.
     fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
@@ -768,7 +780,17 @@ impl LoopCore {
                     }
                 }
                 Ready::Io(owner, op, context) => {
-                    if let Err(err) = owner.run(py, op, context) {
+                    // Debug mode times each dispatch as asyncio's `_run_once` times the
+                    // transports' `_read_ready` handles; otherwise nothing is done.
+                    let started = debug.then(|| (op.method_name(), loop_time()));
+                    let result = owner.run(py, op, context);
+                    if let Some((method, t0)) = started {
+                        // A SystemExit/KeyboardInterrupt leaves at once, as from asyncio's handle.
+                        if !matches!(&result, Err(err) if is_exit(py, err)) {
+                            Self::report_slow_io(slf, &owner, method, t0)?;
+                        }
+                    }
+                    if let Err(err) = result {
                         if is_exit(py, &err) {
                             return Err(err);
                         }

@@ -34,6 +34,22 @@ pub enum IoOp {
     Deliver,
 }
 
+impl IoOp {
+    /// The method an asyncio transport would run for this, for debug mode's slow-callback
+    /// report (`Executing <Handle TCPTransport._read_ready()> took ...`).
+    pub fn method_name(&self) -> &'static str {
+        match self {
+            IoOp::Start(_) => "_start",
+            IoOp::Read | IoOp::Deliver => "_read_ready",
+            IoOp::Done(done) if !done.buffers.as_slice().is_empty() => "_read_ready",
+            IoOp::Write => "_write_ready",
+            IoOp::ConnectionLost(_) => "_call_connection_lost",
+            IoOp::Eof => "_eof_received",
+            IoOp::Done(_) => "_io_done",
+        }
+    }
+}
+
 pub enum Owner {
     Stream(Py<StreamTransport>),
     Datagram(Py<DatagramTransport>),
