@@ -82,6 +82,8 @@ def make_ssl_protocol(
         handshake_timeout,
         shutdown_timeout,
     )
+    # asyncio's SSLProtocol attribute, which aiohttp's connector reads (transport._ssl_protocol).
+    protocol._sslcontext = sslcontext
     protocol._set_app_transport(SSLTransport(protocol))
     return protocol
 

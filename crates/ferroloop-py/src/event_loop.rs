@@ -66,6 +66,9 @@ struct IoEntry {
     owner: Option<Owner>,
     /// What the owner asked to be told about.
     owner_interest: Interest,
+    /// The file object (not a plain int) whose `add_reader`/`add_writer` created the entry:
+    /// selectors' key keeps it, and finds the fd by it once its `fileno()` is -1 (closed).
+    fileobj: Option<Py<PyAny>>,
 }
 
 impl IoEntry {
@@ -511,16 +514,25 @@ impl LoopCore {
         fd: RawFd,
         write: bool,
         handle: Option<Py<Handle>>,
+        fileobj: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<Py<Handle>>> {
         self.state
             .with(py, |s| {
                 let Some(driver) = s.driver.clone() else {
-                    return Err((closed_error(), None));
+                    return Err((closed_error(), None, None));
                 };
                 let token = match s.sources.token_of(fd) {
                     Some(t) => t,
-                    None if handle.is_none() => return Ok(None),
-                    None => s.sources.insert(fd, IoEntry::default()),
+                    None if handle.is_none() => return Ok((None, None)),
+                    None => s.sources.insert(
+                        fd,
+                        IoEntry {
+                            fileobj: fileobj
+                                .filter(|f| !f.is_instance_of::<PyInt>())
+                                .map(|f| f.clone().unbind()),
+                            ..IoEntry::default()
+                        },
+                    ),
                 };
                 let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
                 let slot = if write { &mut entry.writer } else { &mut entry.reader };
@@ -529,33 +541,59 @@ impl LoopCore {
                 // NOTE: not "no interest": a paused transport still owns its fd (asyncio's
                 // sendfile adds and removes a writer on the fd of a paused transport).
                 let empty = entry.is_empty();
+                if empty {
+                    // Forgets it even when the fd is closed already (selectors' epoll `unregister`
+                    // ignores the OSError).
+                    let gone = s.sources.remove(&driver, token);
+                    return Ok((old, gone));
+                }
                 match s.sources.set_interest(&driver, token, interest) {
-                    Ok(()) => {
-                        if empty {
-                            s.sources.remove(&driver, token);
-                        }
-                        Ok(old)
-                    }
+                    Ok(()) => Ok((old, None)),
                     Err(e) => {
                         // Leave things as they were; forget an fd that never got registered.
                         let entry = &mut s.sources.get_mut(token).expect("still there").data;
                         let slot = if write { &mut entry.writer } else { &mut entry.reader };
                         let new = std::mem::replace(slot, old);
-                        if s.sources
-                            .get(token)
-                            .is_some_and(|src| src.interest().is_none() && src.data.is_empty())
-                        {
-                            s.sources.remove(&driver, token);
-                        }
-                        // Returned, not dropped here: the caller drops it after the borrow.
-                        Err((os_error(&e), new))
+                        // selectors forget a key whose register/modify failed (e.g. a closed fd);
+                        // a transport's fd stays.
+                        let gone = if s.sources.get(token).is_some_and(|src| {
+                            src.data.owner.is_none() || (src.interest().is_none() && src.data.is_empty())
+                        }) {
+                            s.sources.remove(&driver, token)
+                        } else {
+                            None
+                        };
+                        // Returned, not dropped here: the caller drops them after the borrow.
+                        Err((os_error(&e), new, gone))
                     }
                 }
             })?
-            .map_err(|(err, new)| {
-                drop(new);
+            .map(|(old, gone)| {
+                drop(gone);
+                old
+            })
+            .map_err(|(err, new, gone)| {
+                drop((new, gone));
                 err
             })
+    }
+
+    /// selectors' `_fileobj_lookup`: the fd of `obj`, or, when `obj` has none (a closed socket's
+    /// `fileno()` is -1), the fd whose entry was created by that very object.
+    fn lookup_fd(&self, obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+        let py = obj.py();
+        match fileobj_to_fd(obj) {
+            Err(e) if e.is_instance_of::<PyValueError>(py) && !obj.is_instance_of::<PyInt>() => {
+                let found = self.state.with(py, |s| {
+                    s.sources
+                        .iter()
+                        .find(|(_, src)| src.data.fileobj.as_ref().is_some_and(|f| f.is(obj)))
+                        .map(|(_, src)| src.fd)
+                })?;
+                found.ok_or(e)
+            }
+            r => r,
+        }
     }
 
     fn add_io(
@@ -566,8 +604,15 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
         write: bool,
     ) -> PyResult<Py<Handle>> {
-        slf.get().check_closed()?;
-        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, context, write)
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let raw = this.lookup_fd(fd)?;
+        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
+        if let Some(old) = this.set_io_callback(py, raw, write, Some(handle.clone_ref(py)), Some(fd))? {
+            Handle::cancel(old.bind(py))?;
+        }
+        Ok(handle)
     }
 
     /// `_add_reader`/`_add_writer` for an fd already checked; the callback runs in `context`
@@ -584,7 +629,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
-        if let Some(old) = this.set_io_callback(py, fd, write, Some(handle.clone_ref(py)))? {
+        if let Some(old) = this.set_io_callback(py, fd, write, Some(handle.clone_ref(py)), None)? {
             Handle::cancel(old.bind(py))?;
         }
         Ok(handle)
@@ -596,7 +641,7 @@ impl LoopCore {
         if this.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        match fileobj_to_fd(fd) {
+        match this.lookup_fd(fd) {
             Ok(fd) => this.remove_io_fd(py, fd, write),
             // Too large to be registered, so not registered (asyncio's selector finds no key).
             Err(e) if e.is_instance_of::<PyOverflowError>(py) => Ok(false),
@@ -606,7 +651,7 @@ impl LoopCore {
 
     /// `_remove_reader`/`_remove_writer` for an fd already checked.
     pub fn remove_io_fd(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
-        match self.set_io_callback(py, fd, write, None)? {
+        match self.set_io_callback(py, fd, write, None, None)? {
             Some(old) => {
                 Handle::cancel(old.bind(py))?;
                 Ok(true)
@@ -1204,6 +1249,7 @@ impl LoopCore {
         for (_, src) in s.sources.iter() {
             visit.call(&src.data.reader)?;
             visit.call(&src.data.writer)?;
+            visit.call(&src.data.fileobj)?;
             if let Some(owner) = &src.data.owner {
                 owner.traverse(&visit)?;
             }

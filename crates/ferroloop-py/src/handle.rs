@@ -125,10 +125,42 @@ impl Handle {
         let Some((callback, args, context)) = target else {
             return Ok(());
         };
+        // SAFETY: `context` is a live object.
+        let result = if unsafe { ffi::PyContext_CheckExact(context.as_ptr()) } == 0 {
+            // Not a Context (`call_soon(..., context=1)` is accepted): asyncio's Handle calls
+            // `context.run(callback, *args)`, so the same error (or a duck type's `run`) happens.
+            let mut call = vec![callback.clone()];
+            call.extend(args.iter());
+            context
+                .getattr("run")
+                .and_then(|run| run.call1(PyTuple::new(py, call)?))
+                .map(drop)
+        } else {
+            Self::run_in_context(py, &callback, &args, &context)
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => {
+                Err(err)
+            }
+            Err(err) => {
+                glue::helper(py, "report_callback_error")?.call1((slf, callback, args, glue::exc_value(py, &err)))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls `callback(*args)` inside `context` (a `contextvars.Context`).
+    fn run_in_context(
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         // SAFETY: all three pointers are owned references held for the duration of the calls.
         // `PyContext_Enter` / `PyContext_Exit` pair up on every path; the result is an owned
         // reference (or null with an exception set) that `from_owned_ptr_or_err` takes over.
-        let result = unsafe {
+        unsafe {
             if ffi::PyContext_Enter(context.as_ptr()) < 0 {
                 Err(PyErr::fetch(py))
             } else {
@@ -141,16 +173,6 @@ impl Handle {
                 let res = Bound::from_owned_ptr_or_err(py, res);
                 ffi::PyContext_Exit(context.as_ptr());
                 res.map(drop)
-            }
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => {
-                Err(err)
-            }
-            Err(err) => {
-                glue::helper(py, "report_callback_error")?.call1((slf, callback, args, glue::exc_value(py, &err)))?;
-                Ok(())
             }
         }
     }
