@@ -84,7 +84,7 @@ check-ft: ## The binding against free-threaded CPython 3.14: clippy and its Rust
 		cargo test -p ferroloop-py --lib
 
 test-py: dev ## Python tests (tests/) against the installed build
-	@rc=0; $(VPY) -m pytest tests -q || rc=$$?; \
+	@rc=0; $(VPY) -m pytest tests -q --junitxml=target/pytest-$(PY).xml || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "test-py: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
 
