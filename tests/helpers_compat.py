@@ -8,7 +8,7 @@ where asyncio shows the feature, else a version check naming the version that ch
 """
 
 import sys
-from asyncio import base_events, selector_events, unix_events
+from asyncio import base_events, selector_events, sslproto, unix_events
 
 __all__ = (
     "BIND_ERROR_SHOWS_ERRNO",
@@ -20,6 +20,8 @@ __all__ = (
     "RUN_FOREVER_CLEANS_UP_A_FAILED_SETUP",
     "SENDFILE_DRAINS_AFTER_WRITE",
     "SENDTO_SENDS_EMPTY_DATAGRAMS",
+    "TLS_IS_CLOSING_ASKS_BELOW",
+    "TLS_SHUTDOWN_TIMEOUT_COVERS_CLOSE",
     "WRITE_QUEUES_THE_CALLERS_OBJECT",
     "bind_error",
     "write_type_error",
@@ -112,3 +114,15 @@ RUN_FOREVER_CLEANS_UP_A_FAILED_SETUP = (
     hasattr(base_events.BaseEventLoop, "_run_forever_setup")
     and _run_forever_cleans_up_a_failed_setup()
 )
+
+#: 3.14: once a TLS shutdown completes, ssl_shutdown_timeout keeps running (it starts then when
+#: the peer initiated the shutdown) until the socket transport is lost, so a close() that cannot
+#: flush to a peer that does not read is forced after it: the application's connection_lost()
+#: gets TimeoutError('SSL shutdown timed out'). Before, the timer was cancelled and close() waited.
+TLS_SHUTDOWN_TIMEOUT_COVERS_CLOSE = (
+    "call_later" in sslproto.SSLProtocol._on_shutdown_complete.__code__.co_names
+)
+
+#: 3.14: a TLS transport's is_closing() is also true while the socket transport under it closes
+#: (after the peer ended the TLS session, before connection_lost()).
+TLS_IS_CLOSING_ASKS_BELOW = hasattr(sslproto.SSLProtocol, "_is_transport_closing")

@@ -122,6 +122,19 @@ START_TLS_TAKES_STREAM_BUFFER = (
     "StreamReaderProtocol" in base_events.BaseEventLoop.start_tls.__code__.co_names
 )
 
+#: 3.14: after a TLS shutdown completes, ``ssl_shutdown_timeout`` keeps running (it starts then
+#: when the peer initiated the shutdown) until the transport below is lost: its ``close()``
+#: flushes first, which a peer that does not read delays forever, and the timeout then forces it
+#: closed (``TimeoutError('SSL shutdown timed out')``). Before, the timer was cancelled there.
+#: Read by the Rust TLS protocol (tls/machine.rs).
+SHUTDOWN_TIMEOUT_COVERS_CLOSE = (
+    "call_later" in sslproto.SSLProtocol._on_shutdown_complete.__code__.co_names
+)
+
+#: 3.14: a TLS transport's ``is_closing()`` is also true when the transport below is closing
+#: (``SSLProtocol._is_transport_closing``). Read by the Rust TLS transport (tls/transport.rs).
+TLS_IS_CLOSING_ASKS_BELOW = hasattr(sslproto.SSLProtocol, "_is_transport_closing")
+
 #: 3.13: handle reprs and "Exception in callback" messages show the callback's arguments only in
 #: debug mode (they may hold secrets): ``_format_callback_source`` takes ``debug=``.
 CALLBACK_SOURCE_TAKES_DEBUG = "debug" in _parameters(format_helpers._format_callback_source)

@@ -5,12 +5,25 @@
 use pyo3::exceptions::{PyAttributeError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString};
 
 use super::{is_exception, types, AppPhase, AppReader, Phase, State, TlsProtocol};
 use crate::glue;
 use crate::stream::{StreamTransport, MAX_READ};
 use crate::transport::{is_exit, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+
+/// `ferroloop._compat.SHUTDOWN_TIMEOUT_COVERS_CLOSE`, read once.
+fn shutdown_timeout_covers_close(py: Python<'_>) -> PyResult<bool> {
+    static COVERS: PyOnceLock<bool> = PyOnceLock::new();
+    COVERS
+        .get_or_try_init(py, || {
+            py.import("ferroloop._compat")?
+                .getattr("SHUTDOWN_TIMEOUT_COVERS_CLOSE")?
+                .is_truthy()
+        })
+        .copied()
+}
 
 /// Takes a timer handle out of the state and cancels it.
 pub(super) fn cancel(py: Python<'_>, timer: Option<Py<PyAny>>) -> PyResult<()> {
@@ -284,7 +297,16 @@ impl TlsProtocol {
     pub(super) fn on_shutdown_complete(slf: &Bound<'_, Self>, failure: Option<PyErr>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        cancel(py, this.with(py, |s| s.shutdown_timer.take())?)?;
+        if failure.is_some() || !shutdown_timeout_covers_close(py)? {
+            cancel(py, this.with(py, |s| s.shutdown_timer.take())?)?;
+        } else if this.with(py, |s| s.shutdown_timer.is_none())? {
+            // 3.14: the transport's close() flushes its buffer first, which a peer that does not
+            // read can delay forever: the timeout stays (or starts, when the peer initiated the
+            // shutdown) until connection_lost().
+            let timer = Self::call_later(slf, &this.shutdown_timeout, intern!(py, "_check_shutdown_timeout"))?;
+            let old = this.with(py, |s| s.shutdown_timer.replace(timer))?;
+            drop(old);
+        }
         match failure {
             Some(err) => Self::fatal_error(slf, &err, "Fatal error on transport"),
             None => match this.transport(py)? {

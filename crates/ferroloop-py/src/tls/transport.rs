@@ -4,6 +4,7 @@
 
 use pyo3::exceptions::{PyAttributeError, PyNotImplementedError, PyTypeError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
@@ -11,6 +12,17 @@ use super::{App, Phase, TlsProtocol, HIGH_WATER_SSL_READ, HIGH_WATER_SSL_WRITE};
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
 use crate::transport::flow_limits;
+
+/// `ferroloop._compat.TLS_IS_CLOSING_ASKS_BELOW`, read once.
+fn is_closing_asks_below(py: Python<'_>) -> PyResult<bool> {
+    static ASKS: PyOnceLock<bool> = PyOnceLock::new();
+    ASKS.get_or_try_init(py, || {
+        py.import("ferroloop._compat")?
+            .getattr("TLS_IS_CLOSING_ASKS_BELOW")?
+            .is_truthy()
+    })
+    .copied()
+}
 
 /// The application's side of a TLS connection (asyncio's `_SSLProtocolTransport`).
 #[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
@@ -74,7 +86,17 @@ impl TlsTransport {
     }
 
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.side.with(py, |s| s.closed)
+        if self.side.with(py, |s| s.closed)? {
+            return Ok(true);
+        }
+        if !is_closing_asks_below(py)? {
+            return Ok(false);
+        }
+        // 3.14: also closing when the transport below is.
+        match self.protocol(py)?.get().transport(py)? {
+            Some(t) => t.bind(py).call_method0(intern!(py, "is_closing"))?.is_truthy(),
+            None => Ok(false),
+        }
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
