@@ -5,6 +5,7 @@ import asyncio
 import gc
 import os
 import socket
+import ssl
 
 #: Written to the sending socket's SO_SNDBUF so that a peer that does not read fills the kernel
 #: buffers after a few KiB and the transport's own buffer holds the rest (the kernel doubles it).
@@ -161,3 +162,19 @@ class Accepted:
         protocol = await self.queue.get()
         await protocol.made
         return protocol
+
+
+#: The test certificates (see tests/tls/README.md).
+CERTS = os.path.join(os.path.dirname(__file__), "tls")
+
+
+def server_context(certfile="server.pem"):
+    """A TLS server context with the test certificate ``certfile``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.path.join(CERTS, certfile))
+    return context
+
+
+def client_context(cafile="ca.pem"):
+    """A TLS client context that trusts the test CA ``cafile``."""
+    return ssl.create_default_context(cafile=os.path.join(CERTS, cafile))

@@ -10,19 +10,16 @@ import socket
 import ssl
 
 import pytest
-from helpers_net import Accepted, Recorder, open_fds, recv_until_eof, small_sndbuf
-
-CERTS = os.path.join(os.path.dirname(__file__), "tls")
-
-
-def server_context(certfile="server.pem"):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(os.path.join(CERTS, certfile))
-    return context
-
-
-def client_context(cafile="ca.pem"):
-    return ssl.create_default_context(cafile=os.path.join(CERTS, cafile))
+from helpers_net import (
+    CERTS,
+    Accepted,
+    Recorder,
+    client_context,
+    open_fds,
+    recv_until_eof,
+    server_context,
+    small_sndbuf,
+)
 
 
 def subject_cn(peercert):

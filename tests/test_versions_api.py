@@ -15,7 +15,6 @@ import asyncio
 import contextvars
 import inspect
 import io
-import os
 import re
 import socket
 import ssl
@@ -26,9 +25,16 @@ import time
 from asyncio import base_events, format_helpers, selector_events
 
 import pytest
-from helpers_net import Accepted, Recorder, connected_pair, iterations, recv_until_eof, small_sndbuf
-
-CERTS = os.path.join(os.path.dirname(__file__), "tls")
+from helpers_net import (
+    Accepted,
+    Recorder,
+    client_context,
+    connected_pair,
+    iterations,
+    recv_until_eof,
+    server_context,
+    small_sndbuf,
+)
 
 HAS_CLOSE_CLIENTS = hasattr(asyncio.Server, "close_clients")
 needs_close_clients = pytest.mark.skipif(
@@ -47,16 +53,6 @@ needs_eager_tasks = pytest.mark.skipif(
 )
 
 var = contextvars.ContextVar("var", default="default")
-
-
-def server_context():
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(os.path.join(CERTS, "server.pem"))
-    return context
-
-
-def client_context():
-    return ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
 
 
 def on_asyncio(call):
