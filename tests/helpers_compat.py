@@ -15,6 +15,7 @@ __all__ = (
     "CHILDREN_REAPED_BY_THE_LOOP",
     "CONNECTION_LOST_IN_CONNECTION_CONTEXT",
     "DATAGRAM_HEADER_SIZE",
+    "DATAGRAM_IS_A_DATAGRAM_TRANSPORT",
     "DATAGRAM_SENT_RELEASES_HEADER",
     "DATAGRAM_SOCKET_EXPECTED",
     "RUN_FOREVER_CLEANS_UP_A_FAILED_SETUP",
@@ -31,6 +32,11 @@ __all__ = (
 #: it, so a child is reaped only when the loop runs (and not at all once the loop is closed).
 #: 3.11's default ThreadedChildWatcher reaps each child from a thread as soon as it exits.
 CHILDREN_REAPED_BY_THE_LOOP = getattr(unix_events, "can_use_pidfd", lambda: False)()
+
+#: 3.12: asyncio's datagram transport is an ``asyncio.DatagramTransport`` as well as an
+#: ``asyncio.Transport``; on 3.11 only the latter (``_SelectorDatagramTransport`` had no
+#: ``DatagramTransport`` base).
+DATAGRAM_IS_A_DATAGRAM_TRANSPORT = sys.version_info >= (3, 12)
 
 #: 3.12 (gh-91166, zero-copy writes): a socket transport queues the caller's object itself (a
 #: memoryview of it when send() took part of it) instead of a copy, and get_write_buffer_size()

@@ -106,9 +106,7 @@ def test_pipe_transports_have_the_asyncio_transport_api(run, loop, pipe_files):
         rtransport.close()
         assert await protocol.lost is None
         assert await rprotocol.lost is None
-        # NOTE: not isinstance checks: ferroloop's transports are native classes, which cannot
-        # also derive from asyncio's (their __slots__ layouts conflict); uvloop's are not
-        # asyncio.Transport instances either. What code relies on is the methods.
+        # The classes themselves: test_transport_classes.py. Here: every method is there.
         for name in public_methods(asyncio.ReadTransport):
             assert callable(getattr(rtransport, name)), name
         # asyncio's write pipe transport is a whole asyncio.Transport, whose read side raises.

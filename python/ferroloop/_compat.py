@@ -29,6 +29,7 @@ from asyncio import (
     selector_events,
     sslproto,
     streams,
+    transports,
     trsock,
     unix_events,
 )
@@ -37,6 +38,7 @@ __all__ = (
     "CALLED",
     "HOOKS",
     "RUST_NAMES",
+    "TRANSPORT_BASES",
     "VERSION",
     "BaseSelectorEventLoop",
     "SendfileMode",
@@ -83,6 +85,35 @@ def _parameters(func):
 
 
 # --- version switches ---------------------------------------------------------------------------
+
+
+def _public_transport_bases(cls):
+    """The public asyncio transport classes an instance of ``cls`` (one of asyncio's own
+    transports) is an instance of, as few as cover them all, in ``cls``'s MRO order."""
+    public = [
+        k
+        for k in cls.__mro__
+        if k.__module__ == "asyncio.transports"
+        and not k.__name__.startswith("_")
+        and k is not transports.BaseTransport
+    ]
+    return tuple(k for k in public if not any(o is not k and issubclass(o, k) for o in public))
+
+
+#: The asyncio classes each kind of ferroloop transport derives from (beside its Rust class,
+#: whose native root is ``asyncio.BaseTransport``, see transport_root.rs), read off asyncio's own
+#: transport of that kind, so that ``isinstance`` answers as there on every version: 3.12 made the
+#: datagram transport a ``DatagramTransport`` too; a write pipe is a ``Transport`` (asyncio's is
+#: a ``_FlowControlMixin``), a read pipe only a ``ReadTransport``. asyncio's private
+#: ``_FlowControlMixin`` itself is left out: its ``__slots__`` conflict with the Rust layout.
+TRANSPORT_BASES = {
+    "socket": _public_transport_bases(selector_events._SelectorSocketTransport),
+    "datagram": _public_transport_bases(selector_events._SelectorDatagramTransport),
+    "read_pipe": _public_transport_bases(unix_events._UnixReadPipeTransport),
+    "write_pipe": _public_transport_bases(unix_events._UnixWritePipeTransport),
+    "tls": _public_transport_bases(sslproto._SSLProtocolTransport),
+}
+
 
 #: 3.13 (``Server.close_clients``): ``Server._attach``/``_detach`` take the transport, which the
 #: server keeps; before, they only counted connections.

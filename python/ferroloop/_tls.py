@@ -20,7 +20,7 @@ class SSLProtocol(_ferroloop.TlsProtocol, protocols.BufferedProtocol):
     """The protocol of the socket transport under a TLS connection."""
 
 
-class SSLTransport(_ferroloop.TlsTransport):
+class SSLTransport(_ferroloop.TlsTransport, *_compat.TRANSPORT_BASES["tls"]):
     """The transport the application of a TLS connection uses."""
 
     _start_tls_compatible = True

@@ -1,5 +1,8 @@
-"""The Python faces of ferroloop's Rust transports: class names, ``__del__``, ``__repr__`` and
-the class attributes asyncio looks for. Everything per read and per write is in the Rust base.
+"""The Python faces of ferroloop's Rust transports: class names, ``__del__``, ``__repr__``, the
+class attributes asyncio looks for, and asyncio's transport classes as further bases (so that
+``isinstance(t, asyncio.Transport)`` holds, and what asyncio's classes define, such as
+``BaseTransport.get_extra_info``, is reached through them, patched or not). Everything per read
+and per write is in the Rust base, which comes first in the MRO.
 """
 
 import os
@@ -8,7 +11,7 @@ import stat
 import warnings
 
 from . import _ferroloop
-from ._compat import SendfileMode, set_nodelay
+from ._compat import TRANSPORT_BASES, SendfileMode, set_nodelay
 
 __all__ = (
     "DatagramTransport",
@@ -47,7 +50,7 @@ class _TransportFace:
             sock.close()
 
 
-class _SocketTransport(_TransportFace, _ferroloop.StreamTransport):
+class _SocketTransport(_TransportFace, _ferroloop.StreamTransport, *TRANSPORT_BASES["socket"]):
     _start_tls_compatible = True
     _sendfile_compatible = SendfileMode.TRY_NATIVE
 
@@ -72,7 +75,7 @@ def make_socket_transport(
     return cls(loop, sock, protocol, waiter, extra, server, context)
 
 
-class DatagramTransport(_TransportFace, _ferroloop.DatagramTransport):
+class DatagramTransport(_TransportFace, _ferroloop.DatagramTransport, *TRANSPORT_BASES["datagram"]):
     """A UDP or UNIX datagram socket's transport."""
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
@@ -110,7 +113,7 @@ def _pipe_mode(pipe):
     return os.fstat(pipe.fileno()).st_mode
 
 
-class ReadPipeTransport(_PipeFace, _ferroloop.ReadPipeTransport):
+class ReadPipeTransport(_PipeFace, _ferroloop.ReadPipeTransport, *TRANSPORT_BASES["read_pipe"]):
     """The read end of a pipe, FIFO, tty, character device or socket pair."""
 
     def __new__(cls, loop, pipe, protocol, waiter=None, extra=None):
@@ -135,7 +138,7 @@ class ReadPipeTransport(_PipeFace, _ferroloop.ReadPipeTransport):
         return "<{}>".format(" ".join(info))
 
 
-class WritePipeTransport(_PipeFace, _ferroloop.WritePipeTransport):
+class WritePipeTransport(_PipeFace, _ferroloop.WritePipeTransport, *TRANSPORT_BASES["write_pipe"]):
     """The write end of a pipe, FIFO, tty, character device or socket pair."""
 
     def __new__(cls, loop, pipe, protocol, waiter=None, extra=None):
@@ -150,16 +153,6 @@ class WritePipeTransport(_PipeFace, _ferroloop.WritePipeTransport):
         os.set_blocking(self._fileno, False)
         # On a pipe or a socket, readability of the write end means the reader went away.
         self._start(waiter, is_fifo or is_socket)
-
-    # asyncio's write pipe transport is an asyncio.Transport, whose read side says this.
-    def is_reading(self):
-        raise NotImplementedError
-
-    def pause_reading(self):
-        raise NotImplementedError
-
-    def resume_reading(self):
-        raise NotImplementedError
 
     def __repr__(self):
         info = self._repr_info()

@@ -100,7 +100,7 @@ impl State {
     }
 }
 
-#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, subclass, weakref, extends = crate::transport_root::TransportRoot, module = "ferroloop._ferroloop")]
 pub struct DatagramTransport {
     loop_: Py<LoopCore>,
     fd: RawFd,
@@ -610,19 +610,6 @@ impl DatagramTransport {
         self.protocol(py)
     }
 
-    #[pyo3(signature = (name, default=None))]
-    fn get_extra_info(
-        &self,
-        py: Python<'_>,
-        name: &Bound<'_, PyAny>,
-        default: Option<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        match self.extra.bind(py).get_item(name)? {
-            Some(v) => Ok(v.unbind()),
-            None => Ok(default.unwrap_or_else(|| py.None())),
-        }
-    }
-
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
         self.state.with(py, |s| s.buffer_size)
     }
@@ -682,6 +669,7 @@ impl DatagramTransport {
         self.state.with(py, |s| s.conn_lost)
     }
 
+    /// The extra-info dict `asyncio.BaseTransport.get_extra_info` reads.
     #[getter]
     fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
         self.extra.clone_ref(py)

@@ -17,6 +17,7 @@ mod stream;
 mod tasks;
 mod tls;
 mod transport;
+mod transport_root;
 
 use pyo3::prelude::*;
 

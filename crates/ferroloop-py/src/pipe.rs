@@ -58,16 +58,8 @@ impl Common {
         self.loop_.get()
     }
 
-    fn get_extra_info(
-        &self,
-        py: Python<'_>,
-        name: &Bound<'_, PyAny>,
-        default: Option<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        match self.extra.bind(py).get_item(name)? {
-            Some(v) => Ok(v.unbind()),
-            None => Ok(default.unwrap_or_else(|| py.None())),
-        }
+    fn extra(&self, py: Python<'_>) -> Py<PyDict> {
+        self.extra.clone_ref(py)
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -190,7 +182,7 @@ impl PipeState for ReadState {
     }
 }
 
-#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, subclass, weakref, extends = crate::transport_root::TransportRoot, module = "ferroloop._ferroloop")]
 pub struct ReadPipeTransport {
     common: Common,
     state: AttachedCell<ReadState>,
@@ -403,6 +395,12 @@ impl ReadPipeTransport {
         self.protocol(py)
     }
 
+    /// The extra-info dict `asyncio.BaseTransport.get_extra_info` reads.
+    #[getter]
+    fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
+        self.common.extra(py)
+    }
+
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.closing)
     }
@@ -418,16 +416,6 @@ impl ReadPipeTransport {
     #[pyo3(signature = (exc=None))]
     fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         Self::close_with(slf, exc)
-    }
-
-    #[pyo3(signature = (name, default=None))]
-    fn get_extra_info(
-        &self,
-        py: Python<'_>,
-        name: &Bound<'_, PyAny>,
-        default: Option<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        self.common.get_extra_info(py, name, default)
     }
 
     #[getter]
@@ -496,7 +484,7 @@ impl PipeState for WriteState {
     }
 }
 
-#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, subclass, weakref, extends = crate::transport_root::TransportRoot, module = "ferroloop._ferroloop")]
 pub struct WritePipeTransport {
     common: Common,
     state: AttachedCell<WriteState>,
@@ -796,6 +784,12 @@ impl WritePipeTransport {
         self.protocol(py)
     }
 
+    /// The extra-info dict `asyncio.BaseTransport.get_extra_info` reads.
+    #[getter]
+    fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
+        self.common.extra(py)
+    }
+
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
         self.state.with(py, |s| s.writes.len())
     }
@@ -812,16 +806,6 @@ impl WritePipeTransport {
             s.flow.low = low;
         })?;
         Self::maybe_pause_protocol(slf)
-    }
-
-    #[pyo3(signature = (name, default=None))]
-    fn get_extra_info(
-        &self,
-        py: Python<'_>,
-        name: &Bound<'_, PyAny>,
-        default: Option<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        self.common.get_extra_info(py, name, default)
     }
 
     #[getter]

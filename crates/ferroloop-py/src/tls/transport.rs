@@ -25,7 +25,7 @@ fn is_closing_asks_below(py: Python<'_>) -> PyResult<bool> {
 }
 
 /// The application's side of a TLS connection (asyncio's `_SSLProtocolTransport`).
-#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, subclass, weakref, extends = crate::transport_root::TransportRoot, module = "ferroloop._ferroloop")]
 pub struct TlsTransport {
     loop_: Py<LoopCore>,
     side: AttachedCell<Side>,
