@@ -41,6 +41,9 @@ __all__ = (
     "TRANSPORT_BASES",
     "VERSION",
     "BaseSelectorEventLoop",
+    "SOCKET_ACCEPT_METHODS",
+    "SOCKET_IO_METHODS",
+    "SelectorSocketTransport",
     "SendfileMode",
     "SelectorEventLoop",
     "TransportSocket",
@@ -74,6 +77,14 @@ SelectorEventLoop = unix_events._UnixSelectorEventLoop
 BaseSelectorEventLoop = selector_events.BaseSelectorEventLoop
 #: asyncio's subprocess transport, used as it is (its pipes are ferroloop's).
 UnixSubprocessTransport = unix_events._UnixSubprocessTransport
+#: asyncio's own socket transport: ferroloop makes it for a socket whose class overrides a method
+#: it calls (``SOCKET_IO_METHODS``), so that the overrides run as on asyncio's loop.
+SelectorSocketTransport = selector_events._SelectorSocketTransport
+#: The socket methods asyncio's socket transport calls (``sendmsg`` from 3.12, for writelines
+#: and queued writes; ``shutdown`` for write_eof).
+SOCKET_IO_METHODS = ("recv", "recv_into", "send", "sendmsg", "shutdown")
+#: The socket methods asyncio's accept loop calls on a listening socket.
+SOCKET_ACCEPT_METHODS = ("accept", "_accept")
 #: What ferroloop's Rust ``Handle``/``TimerHandle`` report as their ``__class__`` (handle.rs), so
 #: that ``isinstance(handle, asyncio.Handle)`` holds as on asyncio's loop.
 Handle = events.Handle

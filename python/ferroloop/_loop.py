@@ -222,6 +222,19 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
         context=None,
     ):
+        if _transports.overrides(sock, _compat.SOCKET_ACCEPT_METHODS):
+            # The Rust listener accepts on the fd itself; asyncio's calls the socket's accept().
+            more = {"context": context} if _compat.HOOKS_TAKE_CONTEXT else {}
+            return super()._start_serving(
+                protocol_factory,
+                sock,
+                sslcontext,
+                server,
+                backlog,
+                ssl_handshake_timeout,
+                ssl_shutdown_timeout,
+                **more,
+            )
         tls = None
         if sslcontext is not None:
             tls = (sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)

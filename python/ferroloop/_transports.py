@@ -11,7 +11,14 @@ import stat
 import warnings
 
 from . import _ferroloop
-from ._compat import TRANSPORT_BASES, SendfileMode, set_nodelay
+from ._compat import (
+    HOOKS_TAKE_CONTEXT,
+    SOCKET_IO_METHODS,
+    TRANSPORT_BASES,
+    SelectorSocketTransport,
+    SendfileMode,
+    set_nodelay,
+)
 
 __all__ = (
     "DatagramTransport",
@@ -20,6 +27,7 @@ __all__ = (
     "UnixTransport",
     "WritePipeTransport",
     "make_socket_transport",
+    "overrides",
 )
 
 
@@ -71,8 +79,20 @@ class UnixTransport(_SocketTransport):
 def make_socket_transport(
     loop, sock, protocol, waiter=None, *, extra=None, server=None, context=None
 ):
+    if overrides(sock, SOCKET_IO_METHODS):
+        # The Rust transport reads and writes the fd itself; asyncio's calls the socket's methods.
+        more = {"context": context} if HOOKS_TAKE_CONTEXT else {}
+        return SelectorSocketTransport(loop, sock, protocol, waiter, extra, server, **more)
     cls = UnixTransport if sock.family == socket.AF_UNIX else TCPTransport
     return cls(loop, sock, protocol, waiter, extra, server, context)
+
+
+def overrides(sock, names):
+    """Whether ``sock``'s class is a ``socket.socket`` subclass that overrides one of ``names``."""
+    cls = type(sock)
+    if cls is socket.socket:
+        return False
+    return any(getattr(cls, name, None) is not getattr(socket.socket, name, None) for name in names)
 
 
 class DatagramTransport(_TransportFace, _ferroloop.DatagramTransport, *TRANSPORT_BASES["datagram"]):
