@@ -21,6 +21,7 @@ __all__ = (
     "RUN_FOREVER_CLEANS_UP_A_FAILED_SETUP",
     "SENDFILE_DRAINS_AFTER_WRITE",
     "SENDTO_SENDS_EMPTY_DATAGRAMS",
+    "TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL",
     "TLS_IS_CLOSING_ASKS_BELOW",
     "TLS_SHUTDOWN_TIMEOUT_COVERS_CLOSE",
     "WRITE_QUEUES_THE_CALLERS_OBJECT",
@@ -132,3 +133,8 @@ TLS_SHUTDOWN_TIMEOUT_COVERS_CLOSE = (
 #: 3.14: a TLS transport's is_closing() is also true while the socket transport under it closes
 #: (after the peer ended the TLS session, before connection_lost()).
 TLS_IS_CLOSING_ASKS_BELOW = hasattr(sslproto.SSLProtocol, "_is_transport_closing")
+
+
+#: 3.13: a TLS transport's ``_force_close`` after a second ``close()`` (which releases its SSL
+#: protocol) does nothing; before, ``AttributeError`` on the released protocol.
+TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL = sys.version_info >= (3, 13)

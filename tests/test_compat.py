@@ -109,6 +109,28 @@ def test_version_switches_agree_with_what_asyncio_shows():
     assert _compat.HOOKS_TAKE_CONTEXT == (sys.version_info >= (3, 15))
 
 
+def test_transports_derive_from_asyncio_base_transport_with_its_layout():
+    """transport_root.rs assumes ``BaseTransport``'s layout: ``__slots__ = ('_extra',)`` and
+    nothing else, and builds the native root of every Rust transport on it."""
+    from ferroloop import _ferroloop
+
+    assert asyncio.BaseTransport.__slots__ == ("_extra",)
+    assert asyncio.BaseTransport.__basicsize__ == object.__basicsize__ + 8
+    for name in ("StreamTransport", "DatagramTransport", "ReadPipeTransport", "TlsTransport"):
+        mro = getattr(_ferroloop, name).__mro__
+        assert [k.__name__ for k in mro[1:]] == ["TransportRoot", "BaseTransport", "object"], name
+
+
+def test_transport_bases_are_the_public_classes_of_asyncios_transports():
+    for kind, bases in _compat.TRANSPORT_BASES.items():
+        assert bases, kind
+        for base in bases:
+            assert base.__module__ == "asyncio.transports" and not base.__name__.startswith("_")
+            assert getattr(asyncio, base.__name__) is base
+    datagram = _compat.TRANSPORT_BASES["datagram"]
+    assert (asyncio.DatagramTransport in datagram) == (sys.version_info >= (3, 12))
+
+
 def _private_asyncio_uses(path):
     """``(line, name)`` of every private asyncio name a module of the package touches."""
     tree = ast.parse(path.read_text(), str(path))

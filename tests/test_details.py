@@ -196,3 +196,27 @@ def test_create_task_without_a_task_class_raises_attribute_error(loop, monkeypat
     monkeypatch.undo()
     assert type(loop.create_task(answer())) is tasks._CTask
     loop.run_until_complete(asyncio.sleep(0))
+
+
+# --- timer handles --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", [1, 2.5, 10**6])
+def test_call_at_keeps_the_time_it_was_given(loop, when):
+    """asyncio's TimerHandle keeps ``when`` as given: ``call_at(1, f)`` says ``when=1``."""
+    handle = loop.call_at(when, print)
+    assert handle.when() == when
+    assert type(handle.when()) is type(when)
+    assert f"when={when} " in repr(handle)
+    handle.cancel()
+
+
+def test_call_later_gives_a_float_time_and_timers_compare_by_time(loop):
+    at_int = loop.call_at(1, print)
+    later = loop.call_later(10, print)
+    assert type(later.when()) is float
+    assert at_int < later and later > at_int and at_int != later
+    assert sorted([later, at_int]) == [at_int, later]
+    assert hash(at_int) == hash(1.0)
+    at_int.cancel()
+    later.cancel()

@@ -9,7 +9,11 @@ import threading
 import weakref
 
 import pytest
-from helpers_compat import TLS_IS_CLOSING_ASKS_BELOW, TLS_SHUTDOWN_TIMEOUT_COVERS_CLOSE
+from helpers_compat import (
+    TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL,
+    TLS_IS_CLOSING_ASKS_BELOW,
+    TLS_SHUTDOWN_TIMEOUT_COVERS_CLOSE,
+)
 from helpers_net import Accepted, Recorder, iterations, small_sndbuf
 from test_tls import client_context, server_context
 
@@ -221,5 +225,54 @@ def test_client_start_tls_leaves_buffered_plaintext_in_the_reader(run, loop):
                 await writer.wait_closed()
             finally:
                 peer.join(10)
+
+    run(main())
+
+
+def test_force_close_after_the_transport_was_closed_twice(run, loop, loop_name):
+    """``_force_close`` (asyncio's private call from the stream code and aiohttp) on a TLS transport
+    whose second ``close()`` released its SSL protocol: nothing on 3.13+, AttributeError before.
+
+    Not copied from asyncio 3.11/3.12: there ``_force_close`` raises TypeError on every call
+    (it passes ``exc`` to an ``SSLProtocol._abort()`` that takes none), so nothing can rely on it;
+    ferroloop's aborts the connection, as 3.13's does."""
+
+    async def main():
+        server = await loop.create_server(_App, "127.0.0.1", 0, ssl=server_context())
+        host, port = server.sockets[0].getsockname()
+        transport, _ = await loop.create_connection(
+            Recorder, host, port, ssl=client_context(), server_hostname="localhost"
+        )
+        transport.close()
+        transport.close()
+        if TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL:
+            transport._force_close(None)
+            transport._force_close(None)
+        else:
+            with pytest.raises(AttributeError):
+                transport._force_close(None)
+        assert transport.is_closing()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_force_close_aborts_the_connection(run, loop, loop_name):
+    if loop_name == "asyncio" and not TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL:
+        pytest.skip("asyncio 3.11/3.12's TLS _force_close raises TypeError (_abort takes no exc)")
+
+    async def main():
+        server = await loop.create_server(_App, "127.0.0.1", 0, ssl=server_context())
+        host, port = server.sockets[0].getsockname()
+        transport, protocol = await loop.create_connection(
+            Recorder, host, port, ssl=client_context(), server_hostname="localhost"
+        )
+        transport._force_close(None)
+        transport._force_close(None)
+        assert transport.is_closing()
+        assert await protocol.lost is None
+        server.close()
+        await server.wait_closed()
 
     run(main())

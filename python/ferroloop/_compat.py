@@ -177,6 +177,12 @@ SHUTDOWN_TIMEOUT_COVERS_CLOSE = (
 #: (``SSLProtocol._is_transport_closing``). Read by the Rust TLS transport (tls/transport.rs).
 TLS_IS_CLOSING_ASKS_BELOW = hasattr(sslproto.SSLProtocol, "_is_transport_closing")
 
+#: 3.13: a TLS transport's ``_force_close`` after a second ``close()`` (which releases the SSL
+#: protocol) does nothing; before, it raised ``AttributeError`` on the released protocol. (3.11 and
+#: 3.12's ``_force_close`` also passes ``exc`` to an ``_abort()`` that takes none, a TypeError
+#: ferroloop does not copy: its ``_force_close`` works.) Read by tls/transport.rs.
+TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL = VERSION >= (3, 13)
+
 #: 3.13: handle reprs and "Exception in callback" messages show the callback's arguments only in
 #: debug mode (they may hold secrets): ``_format_callback_source`` takes ``debug=``.
 CALLBACK_SOURCE_TAKES_DEBUG = "debug" in _parameters(format_helpers._format_callback_source)

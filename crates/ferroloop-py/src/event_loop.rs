@@ -486,6 +486,7 @@ impl LoopCore {
     fn schedule_at(
         slf: &Bound<'_, Self>,
         when: f64,
+        given: Option<Py<PyAny>>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
@@ -499,7 +500,7 @@ impl LoopCore {
         let handle = Self::new_handle(slf, callback, args, context)?;
         let timer = Py::new(
             py,
-            PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when)),
+            PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when, given)),
         )?;
         let queued = timer.clone_ref(py);
         this.state.with(py, |s| s.timers.push(secs_to_ns(when), queued))?;
@@ -953,7 +954,7 @@ impl LoopCore {
             // Anything else goes through Python's `+`, so errors read as asyncio's do.
             _ => PyFloat::new(py, now).add(delay)?.extract::<f64>()?,
         };
-        Self::schedule_at(slf, when, callback, args, context)
+        Self::schedule_at(slf, when, None, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -967,7 +968,9 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        Self::schedule_at(slf, when.extract::<f64>()?, callback, args, context)
+        // asyncio keeps `when` as given; an exact int is kept beside the float the queue uses.
+        let given = when.is_exact_instance_of::<PyInt>().then(|| when.clone().unbind());
+        Self::schedule_at(slf, when.extract::<f64>()?, given, callback, args, context)
     }
 
     // The sock_* fast path (see `sockops`): a try that returns `None` when the socket is not

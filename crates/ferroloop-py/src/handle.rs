@@ -199,7 +199,7 @@ impl Handle {
             // inherit `__traverse__`), so their type objects are writable and the GC calls
             // `tp_traverse`. `traverse_handle` visits exactly what PyO3's generated traversal
             // visits (the `__traverse__` below; `TimerHandle` and `ThreadSafeHandle` hold no
-            // references of their own, and no type has a `__dict__`), so swapping the function
+            // references the GC tracks, and no type has a `__dict__`), so swapping the function
             // changes nothing but the cost.
             unsafe {
                 (*ty.as_type_ptr()).tp_traverse = Some(traverse_handle);
@@ -343,14 +343,19 @@ impl Handle {
 pub struct TimerHandle {
     /// Loop time in seconds, as given to `call_at`.
     when: f64,
+    /// The `when` object itself when `call_at` got an exact `int`: asyncio keeps what it was
+    /// given, so `when()` and the repr say `1`, not `1.0`. (An int holds no references: nothing
+    /// for the GC to visit.)
+    given: Option<Py<PyAny>>,
     /// True while the handle sits in the loop's timer queue (asyncio's `_scheduled`).
     scheduled: AtomicBool,
 }
 
 impl TimerHandle {
-    pub fn new(when: f64) -> TimerHandle {
+    pub fn new(when: f64, given: Option<Py<PyAny>>) -> TimerHandle {
         TimerHandle {
             when,
+            given,
             scheduled: AtomicBool::new(true),
         }
     }
@@ -362,13 +367,16 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
+    fn when(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.given {
+            Some(given) => given.clone_ref(py),
+            None => PyFloat::new(py, self.when).into_any().unbind(),
+        }
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when(py)
     }
 
     #[getter]

@@ -11,7 +11,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::{App, Phase, TlsProtocol, HIGH_WATER_SSL_READ, HIGH_WATER_SSL_WRITE};
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
-use crate::transport::flow_limits;
+use crate::transport::{compat_flag, flow_limits};
 
 /// `ferroloop._compat.TLS_IS_CLOSING_ASKS_BELOW`, read once.
 fn is_closing_asks_below(py: Python<'_>) -> PyResult<bool> {
@@ -216,7 +216,12 @@ impl TlsTransport {
 
     /// asyncio's private `_force_close(exc)`, which a TLS protocol above this one calls.
     fn _force_close(&self, py: Python<'_>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        static TOLERATES: PyOnceLock<bool> = PyOnceLock::new();
         self.set_closed(py)?;
+        let released = self.side.with(py, |s| s.protocol.is_none())?;
+        if released && compat_flag(py, &TOLERATES, "TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL")? {
+            return Ok(());
+        }
         let protocol = self.protocol(py)?;
         protocol.get().set_phase(py, Phase::Unwrapped)?;
         if let Some(t) = protocol.get().transport(py)? {
