@@ -39,12 +39,11 @@ async def main():
     peer, _ = listener.accept()
     listener.close()
     message = b"x" * size
-    write = transport.write
     done = 0
     while done < count:
         n = min(batch, count - done)
         for _ in range(n):
-            write(message)
+            transport.write(message)  # looked up each time, as protocols do
         done += n
         want = n * size
         while want:

@@ -2,16 +2,16 @@
 //! transport, so that a ferroloop transport is an instance of asyncio's transport classes.
 //!
 //! asyncio's `BaseTransport` is a Python class with `__slots__ = ('_extra',)`: a Python class
-//! cannot inherit from it and from a native class at once (their layouts conflict), and a PyO3
+//! cannot inherit from it and from a native class at once (their layouts conflict), and a `PyO3`
 //! class can only extend a class whose layout is known when it is compiled. So this module makes,
 //! at run time, a native subclass of `BaseTransport` with the same layout (`TransportRoot`), and
-//! tells PyO3 that layout (`BaseTransportLayout`); the Rust transports extend it. The Python
+//! tells `PyO3` that layout (`BaseTransportLayout`); the Rust transports extend it. The Python
 //! faces then add asyncio's `Transport`, `ReadTransport`, ... as further bases, which share
 //! `BaseTransport`'s layout, so the class a user checks is in the MRO and the Rust methods come
 //! before asyncio's.
 //!
 //! The root must have its own `tp_dealloc`, `tp_traverse` and `tp_clear`: inherited, they would
-//! be CPython's `subtype_*` functions, which start again from the instance's most derived type
+//! be `CPython`'s `subtype_*` functions, which start again from the instance's most derived type
 //! and would recurse through the Rust class. The root handles the one slot asyncio declares.
 //!
 //! The layout assumption is a version risk: it is checked when the class is made (a mismatch
@@ -39,7 +39,7 @@ pub struct BaseTransportLayout {
     extra: *mut ffi::PyObject,
 }
 
-/// The marker PyO3 knows the root class by (`#[pyclass(extends = TransportRoot)]`).
+/// The marker `PyO3` knows the root class by (`#[pyclass(extends = TransportRoot)]`).
 pub struct TransportRoot;
 
 static ROOT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -112,13 +112,13 @@ fn make_root(py: Python<'_>) -> PyResult<Py<PyType>> {
     };
     let bases = PyTuple::new(py, [base])?;
     // SAFETY: the spec and its slots are valid for the call; the name is static.
-    let root = unsafe { ffi::PyType_FromSpecWithBases(&mut spec, bases.as_ptr()) };
+    let root = unsafe { ffi::PyType_FromSpecWithBases(&raw mut spec, bases.as_ptr()) };
     // SAFETY: a new reference or null with an exception set.
     let root = unsafe { Bound::from_owned_ptr_or_err(py, root)? };
     Ok(root.cast_into::<PyType>()?.unbind())
 }
 
-/// Frees the `_extra` slot and the memory. PyO3's dealloc of a Rust transport calls this last
+/// Frees the `_extra` slot and the memory. `PyO3`'s dealloc of a Rust transport calls this last
 /// and drops the reference to the type itself; a bare root instance drops it here.
 unsafe extern "C" fn root_dealloc(obj: *mut ffi::PyObject) {
     // SAFETY: CPython calls this with an instance of the root or a subclass, attached.
@@ -136,7 +136,7 @@ unsafe extern "C" fn root_dealloc(obj: *mut ffi::PyObject) {
     }
 }
 
-/// Visits `_extra` and the instance's type: PyO3 leaves the type to the nearest heap-type base
+/// Visits `_extra` and the instance's type: `PyO3` leaves the type to the nearest heap-type base
 /// with another traverse function, which is this one.
 unsafe extern "C" fn root_traverse(obj: *mut ffi::PyObject, visit: ffi::visitproc, arg: *mut c_void) -> c_int {
     // SAFETY: `obj` has the root's layout; the GC is running, nothing is freed meanwhile.
