@@ -35,7 +35,7 @@ PY_DIRS := $(wildcard python tests scripts bench)
 MODULES ?=
 CONFORMANCE_ARGS ?=
 
-.PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends \
+.PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends valgrind \
 	conformance lint fmt bench wheels clean
 
 help: ## List the targets with a one-line description
@@ -62,7 +62,7 @@ dev: venv ## Build ferroloop (release) for PY and install it into its venv
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 		$(VENV)/bin/maturin develop --release
 
-test: test-rust check-ft ## The whole suite: Rust tests, then pytest and uvloop's suite on every CPython, then every backend
+test: test-rust check-ft ## The whole suite: Rust tests, then pytest and uvloop's suite on every CPython, then every backend, then valgrind
 	@failed=""; for v in $(PYTHONS); do \
 		echo "== CPython $$v"; \
 		$(MAKE) --no-print-directory PY=$$v CARGO_TARGET_DIR=$(CURDIR)/target/py$$v test-version \
@@ -70,6 +70,7 @@ test: test-rust check-ft ## The whole suite: Rust tests, then pytest and uvloop'
 	done; \
 	if [ -n "$$failed" ]; then echo "test: failed on CPython$$failed" >&2; exit 1; fi
 	$(MAKE) --no-print-directory test-backends
+	$(MAKE) --no-print-directory valgrind
 
 test-version: test-py conformance ## pytest and uvloop's suite on one CPython: make test-version PY=3.14
 
@@ -91,6 +92,10 @@ test-py: dev ## Python tests (tests/) against the installed build
 conformance: dev ## uvloop's test suite on ferroloop vs asyncio; fails on any regression
 	$(VPY) scripts/conformance.py --python $(VPY) --work-dir target/conformance/$(PY) \
 		$(if $(strip $(MODULES)),--modules $(MODULES)) $(CONFORMANCE_ARGS)
+
+valgrind: dev ## A smoke program under valgrind's memcheck on every backend (PY): no error beyond CPython's own
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	$(VPY) scripts/valgrind_check.py $$($(VPY) -c "import ferroloop; print(' '.join(ferroloop.backends()))")
 
 test-backends: dev ## pytest and uvloop's suite again on every other backend this machine offers (PY)
 	@backends=$$($(VPY) -c "import ferroloop; print(' '.join(b for b in ferroloop.backends() if b != 'epoll'))"); \

@@ -12,8 +12,8 @@ Python loop around the call. ``PYTHONHASHSEED`` is fixed so that repeated runs a
     python scripts/callgrind_callbacks.py --loop ferroloop --method call_soon_threadsafe
     python scripts/callgrind_callbacks.py --loop asyncio
 
-ferroloop must be built so that valgrind can run it:
-``maturin develop --release --features rustix/use-libc-auxv``.
+The default build runs under valgrind (rustix finds the vDSO through libc: see ferroloop-core's
+Cargo.toml).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ counted (callgrind does not see the kernel).
     python scripts/callgrind_udp.py --loop ferroloop
     python scripts/callgrind_udp.py --loop uvloop --size 10240
 
-ferroloop must be built so that valgrind can run it:
-``maturin develop --release --features rustix/use-libc-auxv``.
+The default build runs under valgrind (rustix finds the vDSO through libc: see ferroloop-core's
+Cargo.toml).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ for every loop. Only user-space instructions are counted (callgrind does not see
     python scripts/callgrind_write.py --loop ferroloop
     python scripts/callgrind_write.py --loop uvloop --size 1024
 
-ferroloop must be built so that valgrind can run it:
-``maturin develop --release --features rustix/use-libc-auxv``.
+The default build runs under valgrind (rustix finds the vDSO through libc: see ferroloop-core's
+Cargo.toml).
 """
 
 from __future__ import annotations
