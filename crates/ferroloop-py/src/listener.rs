@@ -263,7 +263,7 @@ impl Listener {
         sock: &Bound<'_, PyAny>,
         protocol_factory: &Bound<'_, PyAny>,
         server: Option<&Bound<'_, PyAny>>,
-        backlog: usize,
+        backlog: i64,
         tls: Option<Py<PyAny>>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
@@ -278,7 +278,9 @@ impl Listener {
             sock: sock.clone().unbind(),
             protocol_factory: protocol_factory.clone().unbind(),
             server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
-            backlog: backlog.max(1),
+            // asyncio takes any int its socket's listen() took (a negative one means 0 there) and
+            // accepts up to that many per readiness; at least one here, so that the server serves.
+            backlog: usize::try_from(backlog).unwrap_or(0).max(1),
             kind: (
                 sock.getattr(intern!(py, "family"))?.extract()?,
                 sock.getattr(intern!(py, "type"))?.extract()?,
