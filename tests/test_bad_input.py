@@ -1,6 +1,10 @@
 """Bad input, as asyncio takes it (issue 15, point 4): the same exception type and message, or
 the same acceptance, on asyncio's loop and on ferroloop."""
 
+import asyncio
+import socket
+import sys
+
 import pytest
 
 
@@ -22,3 +26,84 @@ def test_create_server_refuses_a_backlog_beyond_a_c_int(run, loop):
             await loop.create_server(lambda: None, "127.0.0.1", 0, backlog=2**31)
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    ("fd", "exc", "message"),
+    [
+        (2**70, OverflowError, "Python int too large to convert to C int"),
+        (2**31, OverflowError, "Python int too large to convert to C int"),
+        (-(2**70), ValueError, f"Invalid file descriptor: {-(2**70)}"),
+        (-1, ValueError, "Invalid file descriptor: -1"),
+        ("x", ValueError, "Invalid file object: 'x'"),
+        (3.0, ValueError, "Invalid file object: 3.0"),
+    ],
+)
+@pytest.mark.parametrize("method", ["add_reader", "add_writer"])
+def test_add_reader_and_writer_refuse_what_is_no_fd(loop, method, fd, exc, message):
+    with pytest.raises(exc) as info:
+        getattr(loop, method)(fd, print)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "message"),
+    [
+        (("x",), TypeError, "unsupported operand type(s) for //: 'str' and 'int'"),
+        ((None, "y"), TypeError, "'>=' not supported between instances of 'str' and 'int'"),
+        ((10, 20), ValueError, "high (10) must be >= low (20) must be >= 0"),
+        ((-1,), ValueError, "high (-1) must be >= low (-1) must be >= 0"),
+        ((1.5, -0.5), ValueError, "high (1.5) must be >= low (-0.5) must be >= 0"),
+    ],
+)
+def test_set_write_buffer_limits_refuses_as_asyncio_computes(run, loop, args, exc, message):
+    async def main():
+        a, b = socket.socketpair()
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        with pytest.raises(exc) as info:
+            transport.set_write_buffer_limits(*args)
+        assert str(info.value) == message
+        assert transport.get_write_buffer_limits() == (16384, 65536)  # unchanged
+        transport.close()
+        b.close()
+
+    run(main())
+
+
+def test_set_write_buffer_limits_takes_any_number(run, loop, loop_name):
+    """asyncio computes with what it is given. A difference kept on purpose: ferroloop keeps the
+    floors of the marks, the byte counts its buffer is compared with (the comparisons come out
+    the same), so its get_write_buffer_limits() answers ints where asyncio's echoes the floats."""
+
+    async def main():
+        a, b = socket.socketpair()
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        transport.set_write_buffer_limits(1000.5)
+        floats = loop_name == "asyncio"
+        assert transport.get_write_buffer_limits() == ((250.0, 1000.5) if floats else (250, 1000))
+        transport.set_write_buffer_limits(high=2**70)
+        low, high = transport.get_write_buffer_limits()
+        assert high >= sys.maxsize and low >= 2**62
+        transport.close()
+        b.close()
+
+    run(main())
+
+
+def test_a_callback_that_cancels_its_handle_then_raises(loop):
+    """asyncio formats the handle's callback after the call, when cancel() has cleared it."""
+    contexts = []
+    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    handle = None
+
+    def callback():
+        handle.cancel()
+        raise ValueError("after cancel")
+
+    handle = loop.call_soon(callback)
+    loop.run_until_complete(asyncio.sleep(0))
+    [context] = contexts
+    assert context["message"] == "Exception in callback None()"
+    assert context["handle"] is handle
+    assert repr(handle) == "<Handle cancelled>"
+    assert str(context["exception"]) == "after cancel"

@@ -5,6 +5,7 @@ warnings) is formatted by asyncio's own helpers, word for word.
 """
 
 import errno
+import math
 import sys
 from asyncio import constants, exceptions
 from asyncio.log import logger
@@ -50,6 +51,10 @@ def handle_repr(handle):
 
 def report_callback_error(handle, callback, args, exc):
     """Reports an exception raised by a handle's callback, as ``asyncio.Handle._run`` does."""
+    if handle.cancelled():
+        # asyncio formats the handle's callback as it is after the call: a callback that
+        # cancelled its own handle is reported as "Exception in callback None()".
+        callback = args = None
     cb = format_callback_source(callback, args, debug=handle._loop.get_debug())
     context = {
         "message": f"Exception in callback {cb}",
@@ -89,6 +94,19 @@ def report_call_error(loop, callback, args, exc):
 
 
 # --- transports -----------------------------------------------------------------------------
+
+
+def flow_limits(high, low, default_high):
+    """asyncio's water marks from what ``set_write_buffer_limits(high, low)`` got (its arithmetic,
+    its check and its message), floored to the byte counts a transport compares its buffer with
+    (``size > high`` and ``size <= low`` hold for the floors exactly when for the values)."""
+    if high is None:
+        high = default_high if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return min(math.floor(high), sys.maxsize), min(math.floor(low), sys.maxsize)
 
 
 def socket_extra(sock, extra):

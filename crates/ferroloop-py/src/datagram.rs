@@ -619,7 +619,11 @@ impl DatagramTransport {
     }
 
     #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (high, low) = write_buffer_limits(high, low)?;

@@ -128,8 +128,8 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 /// selectors' `_fileobj_to_fd`: an int, or an object with `fileno()`; never negative.
 fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    let fd: i64 = if obj.is_instance_of::<PyInt>() {
-        obj.extract()?
+    let fd = if obj.is_instance_of::<PyInt>() {
+        obj.clone()
     } else {
         let invalid = || {
             PyValueError::new_err(format!(
@@ -148,16 +148,19 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
                 e
             }
         })?;
-        fileno
-            .call_method0("__int__")
-            .and_then(|v| v.extract())
-            .map_err(|_| invalid())?
+        fileno.call_method0("__int__").map_err(|_| invalid())?
     };
-    if fd < 0 {
+    if let Ok(fd) = fd.extract::<RawFd>() {
+        if fd >= 0 {
+            return Ok(fd);
+        }
+    }
+    // Past a C int, or negative: as big as Python's ints go.
+    if fd.lt(0)? {
         return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
     // What the selectors' C calls say of an fd past a C int.
-    RawFd::try_from(fd).map_err(|_| PyOverflowError::new_err("Python int too large to convert to C int"))
+    Err(PyOverflowError::new_err("Python int too large to convert to C int"))
 }
 
 /// Whether `call_soon_threadsafe` returns a `_ThreadSafeHandle` (asyncio 3.14+; `_compat`'s switch).

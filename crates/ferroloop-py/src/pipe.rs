@@ -799,7 +799,11 @@ impl WritePipeTransport {
     }
 
     #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let (high, low) = write_buffer_limits(high, low)?;
         slf.get().state.with(slf.py(), |s| {
             s.flow.high = high;

@@ -168,8 +168,28 @@ impl WaterMarks {
 }
 
 /// asyncio's `set_write_buffer_limits` defaults and validation: `(high, low)`.
-pub fn write_buffer_limits(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usize)> {
-    flow_limits(high, low, DEFAULT_HIGH_WATER as i64)
+pub fn write_buffer_limits(
+    high: Option<&Bound<'_, PyAny>>,
+    low: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(usize, usize)> {
+    given_limits(high, low, DEFAULT_HIGH_WATER as i64)
+}
+
+/// `set_write_buffer_limits(high, low)` (and TLS's `set_read_buffer_limits`) as asyncio takes
+/// them: asyncio computes with the objects given, so a float or a huge int works and a `str`
+/// fails with the operator's `TypeError`; `_glue.flow_limits` does the same arithmetic and
+/// floors the result to byte counts. Neither given: the defaults, without Python.
+pub fn given_limits(
+    high: Option<&Bound<'_, PyAny>>,
+    low: Option<&Bound<'_, PyAny>>,
+    default_high: i64,
+) -> PyResult<(usize, usize)> {
+    let Some(py) = high.or(low).map(Bound::py) else {
+        return flow_limits(None, None, default_high);
+    };
+    glue::helper(py, "flow_limits")?
+        .call1((high, low, default_high))?
+        .extract()
 }
 
 /// asyncio's water-mark defaults and validation (`add_flowcontrol_defaults`), with

@@ -11,7 +11,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::{App, Phase, TlsProtocol, HIGH_WATER_SSL_READ, HIGH_WATER_SSL_WRITE};
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
-use crate::transport::{compat_flag, flow_limits};
+use crate::transport::{compat_flag, given_limits};
 
 /// `ferroloop._compat.TLS_IS_CLOSING_ASKS_BELOW`, read once.
 fn is_closing_asks_below(py: Python<'_>) -> PyResult<bool> {
@@ -132,8 +132,13 @@ impl TlsTransport {
     }
 
     #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(&self, py: Python<'_>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let (high, low) = flow_limits(high, low, HIGH_WATER_SSL_WRITE)?;
+    fn set_write_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (high, low) = given_limits(high, low, HIGH_WATER_SSL_WRITE)?;
         let protocol = self.protocol(py)?;
         protocol.get().with(py, |s| {
             s.outgoing_high = high;
@@ -151,8 +156,13 @@ impl TlsTransport {
     }
 
     #[pyo3(signature = (high=None, low=None))]
-    fn set_read_buffer_limits(&self, py: Python<'_>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let (high, low) = flow_limits(high, low, HIGH_WATER_SSL_READ)?;
+    fn set_read_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (high, low) = given_limits(high, low, HIGH_WATER_SSL_READ)?;
         let protocol = self.protocol(py)?;
         protocol.get().with(py, |s| {
             s.incoming_high = high;
