@@ -6,6 +6,7 @@ import socket
 import sys
 
 import pytest
+from helpers_compat import WRITE_QUEUES_THE_CALLERS_OBJECT
 
 
 def test_create_server_takes_a_negative_backlog(run, loop):
@@ -107,3 +108,70 @@ def test_a_callback_that_cancels_its_handle_then_raises(loop):
     assert context["handle"] is handle
     assert repr(handle) == "<Handle cancelled>"
     assert str(context["exception"]) == "after cancel"
+
+
+NOT_CONTIGUOUS = "memoryview: underlying buffer is not C-contiguous"
+
+
+class Lost(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_write_of_a_strided_memoryview_is_a_fatal_write_error(run, loop):
+    """``socket.send()`` refuses a non-contiguous buffer: asyncio's write reports the BufferError
+    as a fatal write error and the connection is lost with it."""
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+        a, b = socket.socketpair()
+        transport, protocol = await loop.create_connection(Lost, sock=a)
+        transport.write(memoryview(b"abcdefgh")[::2])
+        exc = await protocol.lost
+        assert type(exc) is BufferError and str(exc) == NOT_CONTIGUOUS
+        [context] = contexts
+        assert context["message"] == "Fatal write error on socket transport"
+        assert context["exception"] is exc
+        b.close()
+
+    run(main())
+
+
+def test_write_of_a_strided_memoryview_behind_queued_data(run, loop):
+    """With data queued, 3.11's bytearray buffer refuses the view at once (TypeError, the
+    connection stays); 3.12+ queues it, and the next flush fails with BufferError."""
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+        a, b = socket.socketpair()
+        transport, protocol = await loop.create_connection(Lost, sock=a)
+        transport.write(b"x" * 5_000_000)
+        assert transport.get_write_buffer_size() > 0
+        view = memoryview(b"abcdefgh")[::2]
+        if not WRITE_QUEUES_THE_CALLERS_OBJECT:
+            with pytest.raises(TypeError, match="can't set bytearray slice from memoryview"):
+                transport.write(view)
+            assert not transport.is_closing()
+            transport.abort()
+            assert await protocol.lost is None
+        else:
+            transport.write(view)
+            assert not transport.is_closing()  # nothing happens until the next flush
+            b.setblocking(False)
+            while not protocol.lost.done():
+                try:
+                    b.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+                await asyncio.sleep(0)
+            exc = protocol.lost.result()
+            assert type(exc) is BufferError and str(exc) == NOT_CONTIGUOUS
+            assert [c["message"] for c in contexts] == ["Fatal write error on socket transport"]
+        b.close()
+
+    run(main())

@@ -154,7 +154,7 @@ impl StreamTransport {
     pub(super) fn sync_ops(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (recv, send, cancel_send, deliver) = this.state.with(py, |s| {
+        let (recv, send, cancel_send, deliver, refused) = this.state.with(py, |s| {
             let want = wants_recv(s);
             let recv = match s.ops.recv {
                 None if want => Recv::Start,
@@ -164,8 +164,12 @@ impl StreamTransport {
                 }
                 _ => Recv::Leave,
             };
+            // The next send of a queue holding a refused memoryview fails instead (mod.rs).
+            let refused = s.ops.send.is_none() && s.refused && s.conn_lost == 0;
             let send = match (s.ops.send, s.writes.front()) {
-                (None, Some((Chunk::Bytes(b), offset))) if s.conn_lost == 0 => Some((b.clone_ref(py), offset)),
+                (None, Some((Chunk::Bytes(b), offset))) if s.conn_lost == 0 && !refused => {
+                    Some((b.clone_ref(py), offset))
+                }
                 _ => None,
             };
             let cancel_send = match s.ops.send {
@@ -178,7 +182,7 @@ impl StreamTransport {
             let deliver =
                 s.is_reading() && s.conn_lost == 0 && !s.read_eof && !s.ops.held.is_empty() && !s.ops.delivering;
             s.ops.delivering |= deliver;
-            (recv, send, cancel_send, deliver)
+            (recv, send, cancel_send, deliver, refused)
         })?;
         let lp = this.lp();
         match recv {
@@ -204,6 +208,9 @@ impl StreamTransport {
         }
         if deliver {
             lp.schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::Deliver)?;
+        }
+        if refused {
+            return Self::flush_refused(slf);
         }
         Ok(())
     }

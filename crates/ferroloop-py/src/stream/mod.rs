@@ -21,7 +21,7 @@ use std::os::fd::RawFd;
 use ferroloop_core::driver::Interest;
 use ferroloop_core::writeq::WriteQueue;
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyBufferError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -79,6 +79,11 @@ fn write_buffer_counts_len(py: Python<'_>) -> PyResult<bool> {
     compat_flag(py, &SWITCH, "WRITE_BUFFER_COUNTS_LEN")
 }
 
+/// What `socket.send()` raises for a memoryview that is not C-contiguous.
+fn not_contiguous() -> PyErr {
+    PyBufferError::new_err("memoryview: underlying buffer is not C-contiguous")
+}
+
 /// Whether `connection_lost` runs in the connection's context, not in its closer's (3.15+).
 pub fn connection_lost_in_connection_context(py: Python<'_>) -> PyResult<bool> {
     static SWITCH: PyOnceLock<bool> = PyOnceLock::new();
@@ -128,6 +133,9 @@ struct State {
     counted: VecDeque<(Py<PyBytes>, usize)>,
     /// What the byte count of `counted`'s whole chunks says more than their items.
     overcount: usize,
+    /// A non-contiguous memoryview is queued (3.12+): asyncio queues it as it is, and the next
+    /// `sendmsg()` of the queue refuses it, a fatal write error. The next flush fails so.
+    refused: bool,
     /// Reading was started by the `Start` op (asyncio's deferred `_add_reader`).
     started: bool,
     paused: bool,
@@ -196,6 +204,7 @@ impl State {
     /// Drops the write queue (the connection is lost); returns its chunks.
     fn clear_writes(&mut self) -> (Vec<Chunk>, VecDeque<(Py<PyBytes>, usize)>) {
         self.overcount = 0;
+        self.refused = false;
         (self.writes.clear(), std::mem::take(&mut self.counted))
     }
 
@@ -456,6 +465,9 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let fd = this.fd;
+        if this.state.with(py, |s| s.refused && s.conn_lost == 0)? {
+            return Self::flush_refused(slf);
+        }
         let flushed = this.state.with(py, |s| {
             if s.conn_lost > 0 || s.writes.is_empty() {
                 return None;
@@ -464,6 +476,63 @@ impl StreamTransport {
         })?;
         let Some(flushed) = flushed else { return Ok(()) };
         Self::after_flush(slf, flushed)
+    }
+
+    /// `write()` of a memoryview that is not C-contiguous (`memoryview(b)[::2]`): asyncio passes
+    /// it to `socket.send()`, which refuses it with `BufferError`, a fatal write error; with data
+    /// already queued, 3.11 fails at once (its `bytearray` buffer refuses it: `TypeError`) and
+    /// 3.12+ queues it as it is, so the next flush fails.
+    fn write_not_contiguous(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        attempt: &Attempt,
+        unit: impl Fn(usize) -> usize,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if attempt.conn_lost > 0 {
+            if attempt.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                glue::helper(py, "log_warning")?.call1(("socket.send() raised exception.",))?;
+            }
+            return slf.get().state.with(py, |s| s.conn_lost += 1);
+        }
+        if !attempt.queued {
+            return Self::fatal_error(slf, &not_contiguous(), "Fatal write error on socket transport");
+        }
+        if !write_buffer_counts_len(py)? {
+            // 3.11's `self._buffer.extend(data)` (the same switch: 3.12's zero-copy queue).
+            return Err(PyTypeError::new_err("can't set bytearray slice from memoryview"));
+        }
+        let copy = py.get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?;
+        let per_item = unit(copy.as_bytes().len());
+        slf.get().state.with(py, |s| {
+            s.queue(py, Chunk::Bytes(copy.unbind()), 0, per_item);
+            s.refused = true;
+        })?;
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// The flush of a queue holding a refused memoryview (see `write_not_contiguous`).
+    fn flush_refused(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_failed(slf, &not_contiguous())
+    }
+
+    /// A flush of the queue failed with `err`: the queue is dropped, asyncio's fatal write error
+    /// is reported, and a sendfile waiting for the queue to drain gets the error.
+    fn write_failed(slf: &Bound<'_, Self>, err: &PyErr) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let dropped = this.state.with(py, State::clear_writes)?;
+        drop(dropped);
+        Self::sync_interest(slf)?;
+        Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+        if let Some(w) = this
+            .state
+            .with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py)))?
+        {
+            w.bind(py)
+                .call_method1(intern!(py, "set_exception"), (glue::exc_value(py, err),))?;
+        }
+        Ok(())
     }
 
     /// What follows a write of queued data: flow control, the empty waiter, a pending close or
@@ -481,21 +550,7 @@ impl StreamTransport {
             {
                 Ok(())
             }
-            Err(e) => {
-                let err = os_error(&e);
-                let dropped = this.state.with(py, State::clear_writes)?;
-                drop(dropped);
-                Self::sync_interest(slf)?;
-                Self::fatal_error(slf, &err, "Fatal write error on socket transport")?;
-                if let Some(w) = this
-                    .state
-                    .with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py)))?
-                {
-                    w.bind(py)
-                        .call_method1(intern!(py, "set_exception"), (glue::exc_value(py, &err),))?;
-                }
-                Ok(())
-            }
+            Err(e) => Self::write_failed(slf, &os_error(&e)),
             Ok((_, done)) => {
                 if !done.is_empty() {
                     this.state.with(py, |s| s.sent(&done))?;
@@ -759,6 +814,7 @@ impl StreamTransport {
                 writes: WriteQueue::new(),
                 counted: VecDeque::new(),
                 overcount: 0,
+                refused: false,
                 started: false,
                 paused: false,
                 read_eof: false,
@@ -837,10 +893,7 @@ impl StreamTransport {
             if let Some(outcome) = direct {
                 outcome
             } else {
-                // Not contiguous: copied whole by `bytes()`.
-                let copy = py.get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?;
-                per_item = unit(copy.as_bytes().len());
-                attempt.send(copy.as_bytes(), |sent| (Chunk::Bytes(copy.clone().unbind()), sent))
+                return Self::write_not_contiguous(slf, data, &attempt, unit);
             }
         };
         match outcome {
