@@ -2,6 +2,7 @@
 the same acceptance, on asyncio's loop and on ferroloop."""
 
 import asyncio
+import os
 import socket
 import sys
 
@@ -173,5 +174,54 @@ def test_write_of_a_strided_memoryview_behind_queued_data(run, loop):
             assert type(exc) is BufferError and str(exc) == NOT_CONTIGUOUS
             assert [c["message"] for c in contexts] == ["Fatal write error on socket transport"]
         b.close()
+
+    run(main())
+
+
+def test_pipe_write_of_a_strided_memoryview(run, loop):
+    """``os.write()`` refuses it: a fatal write error; behind queued data asyncio's bytearray
+    buffer refuses it at once (every version)."""
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+        r, w = os.pipe()
+        transport, protocol = await loop.connect_write_pipe(Lost, os.fdopen(w, "wb", 0))
+        transport.write(memoryview(b"abcdefgh")[::2])
+        exc = await protocol.lost
+        assert type(exc) is BufferError and str(exc) == NOT_CONTIGUOUS
+        assert [c["message"] for c in contexts] == ["Fatal write error on pipe transport"]
+        os.close(r)
+
+        r, w = os.pipe()
+        transport, protocol = await loop.connect_write_pipe(Lost, os.fdopen(w, "wb", 0))
+        transport.write(b"x" * 1_000_000)
+        with pytest.raises(TypeError, match="can't concat memoryview to bytearray"):
+            transport.write(memoryview(b"abcdefgh")[::2])
+        assert not transport.is_closing()
+        transport.abort()
+        os.close(r)
+
+    run(main())
+
+
+def test_sendto_of_a_strided_memoryview_is_a_fatal_write_error(run, loop):
+    class Datagrams(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+        transport, protocol = await loop.create_datagram_endpoint(
+            Datagrams, local_addr=("127.0.0.1", 0)
+        )
+        transport.sendto(memoryview(b"abcdefgh")[::2], transport.get_extra_info("sockname"))
+        exc = await protocol.lost
+        assert type(exc) is BufferError and str(exc) == NOT_CONTIGUOUS
+        assert [c["message"] for c in contexts] == ["Fatal write error on datagram transport"]
 
     run(main())

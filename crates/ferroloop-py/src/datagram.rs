@@ -36,8 +36,8 @@ use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::sockaddr::{self, PeerCache};
 use crate::transport::{
-    compat_flag, compat_size, fd_of, flow_callback, is_exit, write_buffer_limits, WaterMarks,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    compat_flag, compat_size, fd_of, flow_callback, is_exit, is_strided_view, not_contiguous, write_buffer_limits,
+    WaterMarks, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// Datagrams read at most per readable event.
@@ -525,6 +525,11 @@ impl DatagramTransport {
             }
             this.state.with(py, |s| s.conn_lost += 1)?;
             return Ok(());
+        }
+        if !queued && is_strided_view(data) {
+            // asyncio hands the view to sock.sendto(), which refuses it (a fatal write error);
+            // with datagrams queued it queues bytes(data), as here.
+            return Self::fatal_error(slf, &not_contiguous(), "Fatal write error on datagram transport");
         }
         if !queued {
             match this.send_one(py, bytes.as_bytes(), addr.as_ref()) {

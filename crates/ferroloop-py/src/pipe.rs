@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 
 use ferroloop_core::driver::Interest;
 use ferroloop_core::writeq::WriteQueue;
-use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError};
+use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
@@ -23,7 +23,8 @@ use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::stream::Chunk;
 use crate::transport::{
-    fd_of, flow_callback, is_exit, write_buffer_limits, WaterMarks, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    fd_of, flow_callback, is_exit, is_strided_view, not_contiguous, write_buffer_limits, WaterMarks,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// What both pipe transports hold besides their state.
@@ -692,6 +693,15 @@ impl WritePipeTransport {
         let (lost, queued) = this
             .state
             .with(py, |s| (s.conn_lost > 0 || s.closing, !s.writes.is_empty()))?;
+        if !lost && is_strided_view(data) {
+            // asyncio hands the view to os.write(), which refuses it (a fatal write error), or,
+            // with data queued, adds it to its bytearray buffer, which refuses it too.
+            if queued {
+                return Err(PyTypeError::new_err("can't concat memoryview to bytearray"));
+            }
+            this.state.with(py, |s| s.conn_lost += 1)?;
+            return Self::fatal_error(slf, &not_contiguous(), "Fatal write error on pipe transport");
+        }
         if lost {
             let count = this.state.with(py, |s| {
                 s.conn_lost += 1;

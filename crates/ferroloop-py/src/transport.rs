@@ -4,10 +4,11 @@
 use std::ffi::c_int;
 use std::os::fd::{BorrowedFd, RawFd};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::exceptions::{PyBufferError, PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyMemoryView;
 
 use crate::glue;
 
@@ -54,6 +55,17 @@ pub fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> Opti
             f(std::slice::from_raw_parts(ptr, len))
         })
     }
+}
+
+/// Whether `obj` is a memoryview that is not C-contiguous (`memoryview(b)[::2]`): the buffers
+/// `socket.send()`, `sendto()` and `os.write()` refuse with [`not_contiguous`].
+pub fn is_strided_view(obj: &Bound<'_, PyAny>) -> bool {
+    obj.is_instance_of::<PyMemoryView>() && with_bytes(obj, |_| ()).is_none()
+}
+
+/// What `socket.send()` and `os.write()` raise for a memoryview that is not C-contiguous.
+pub fn not_contiguous() -> PyErr {
+    PyBufferError::new_err("memoryview: underlying buffer is not C-contiguous")
 }
 
 /// [`with_bytes`] for a writable buffer (`None` also for a read-only one).

@@ -21,7 +21,7 @@ use std::os::fd::RawFd;
 use ferroloop_core::driver::Interest;
 use ferroloop_core::writeq::WriteQueue;
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyBufferError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -40,8 +40,8 @@ use crate::tls::TlsProtocol;
 
 mod completion;
 use crate::transport::{
-    compat_flag, fd_of, flow_callback, is_exit, with_bytes, with_bytes_mut, write_buffer_limits, WaterMarks,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    compat_flag, fd_of, flow_callback, is_exit, not_contiguous, with_bytes, with_bytes_mut, write_buffer_limits,
+    WaterMarks, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// asyncio's `max_size`: the most one read takes.
@@ -77,11 +77,6 @@ impl Chunk {
 fn write_buffer_counts_len(py: Python<'_>) -> PyResult<bool> {
     static SWITCH: PyOnceLock<bool> = PyOnceLock::new();
     compat_flag(py, &SWITCH, "WRITE_BUFFER_COUNTS_LEN")
-}
-
-/// What `socket.send()` raises for a memoryview that is not C-contiguous.
-fn not_contiguous() -> PyErr {
-    PyBufferError::new_err("memoryview: underlying buffer is not C-contiguous")
 }
 
 /// Whether `connection_lost` runs in the connection's context, not in its closer's (3.15+).
