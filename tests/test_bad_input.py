@@ -225,3 +225,22 @@ def test_sendto_of_a_strided_memoryview_is_a_fatal_write_error(run, loop):
         assert [c["message"] for c in contexts] == ["Fatal write error on datagram transport"]
 
     run(main())
+
+
+@pytest.mark.parametrize("method", ["add_reader", "add_writer", "remove_reader", "remove_writer"])
+def test_reader_and_writer_calls_on_a_transports_fd_are_refused(run, loop, method):
+    """The message names the transport by its repr: asyncio's class name there, ferroloop's
+    here (the one difference, kept: the repr is the transport's own)."""
+
+    async def main():
+        a, b = socket.socketpair()
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        fd = a.fileno()
+        args = (fd, print) if method.startswith("add") else (fd,)
+        with pytest.raises(RuntimeError) as info:
+            getattr(loop, method)(*args)
+        assert str(info.value) == f"File descriptor {fd} is used by transport {transport!r}"
+        transport.close()
+        b.close()
+
+    run(main())
