@@ -446,3 +446,52 @@ def test_exception_in_connection_lost(run, loop, handled, how):
         assert leaked_fds(before) == set()  # the socket is closed all the same
 
     run(main())
+
+
+def test_a_write_right_after_the_peers_reset_is_a_connection_reset(run, loop, handled):
+    """The first send after a reset reports it (ECONNRESET), on every backend: with io_uring the
+    receive in flight takes the socket's pending error first, and its send sees EPIPE."""
+
+    async def main():
+        transport, protocol, peer = await connected_pair()
+        reset(peer)
+        transport.write(b"into the reset")
+        assert isinstance(await protocol.lost, ConnectionResetError)
+        assert handled == []
+
+    run(main())
+
+
+def _send_then_read(address, nbytes):
+    """A blocking client: sends `nbytes`, then reads to the end. What ended it: "eof", "reset"."""
+    with socket.create_connection(address) as sock:
+        try:
+            sock.sendall(b"s" * nbytes)
+            while sock.recv(1 << 16):
+                pass
+        except (ConnectionResetError, BrokenPipeError):
+            return "reset"
+        return "eof"
+
+
+def test_closing_with_unread_data_resets_the_peer(run, loop):
+    """A transport closed while the peer's data is still unread: the kernel answers with a reset,
+    which the peer sees. (With io_uring the data was already taken out of the kernel into the
+    receive's buffers, so ferroloop resets the connection itself.)"""
+
+    class CloseAtFirstData(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.close()
+
+    async def main():
+        server = await loop.create_server(CloseAtFirstData, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        ended = await loop.run_in_executor(None, _send_then_read, address, 2 * MIB)
+        assert ended == "reset"
+        server.close()
+        await server.wait_closed()
+
+    run(main(), timeout=30)

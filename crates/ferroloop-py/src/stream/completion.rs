@@ -39,6 +39,8 @@ pub(super) struct Ops {
     held: VecDeque<Option<Py<PyBytes>>>,
     /// An `IoOp::Deliver` is queued for `held`.
     delivering: bool,
+    /// Data arrived after the connection was lost, and was dropped.
+    discarded: bool,
 }
 
 impl Ops {
@@ -48,6 +50,13 @@ impl Ops {
 
     pub(super) fn sending(&self) -> bool {
         self.send.is_some()
+    }
+
+    /// Received data will never reach the protocol: the receive took it out of the kernel, so
+    /// closing the socket now would send the peer a clean EOF where a readiness loop, whose
+    /// unread data is still in the kernel, sends a reset.
+    pub(super) fn discards_data(&self) -> bool {
+        self.discarded || self.held.iter().any(Option::is_some)
     }
 
     /// The peer's EOF has arrived (held, not yet given): nothing more will.
@@ -267,7 +276,11 @@ impl StreamTransport {
     fn on_received(slf: &Bound<'_, Self>, result: i32, data: Option<Bound<'_, PyBytes>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.state.with(py, |s| s.conn_lost > 0)? {
+        let lost = this.state.with(py, |s| {
+            s.ops.discarded |= s.conn_lost > 0 && result > 0;
+            s.conn_lost > 0
+        })?;
+        if lost {
             return Ok(());
         }
         if result < 0 {
@@ -301,7 +314,11 @@ impl StreamTransport {
         }
         let flushed = match usize::try_from(result) {
             Ok(n) => Ok((n, this.state.with(py, |s| s.writes.consume(n))?)),
-            Err(_) => Err(std::io::Error::from_raw_os_error(-result)),
+            Err(_) => Err(super::reset_not_pipe(
+                std::io::Error::from_raw_os_error(-result),
+                true,
+                this.fd,
+            )),
         };
         Self::after_flush(slf, flushed)
     }

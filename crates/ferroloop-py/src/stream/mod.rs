@@ -595,9 +595,10 @@ impl StreamTransport {
             _ => Ok(()),
         };
         // Whatever the protocol did, the socket is released (asyncio's `finally:`).
-        let (sock, proto, server, waiter) = this.state.with(py, |s| {
+        let (reset, sock, proto, server, waiter) = this.state.with(py, |s| {
             s.interest = Interest::NONE;
             (
+                s.completion && s.ops.discards_data(),
                 s.sock.take(),
                 s.proto.take(),
                 s.server.take(),
@@ -606,6 +607,12 @@ impl StreamTransport {
         })?;
         this.lp().detach_owner(py, this.fd)?;
         if let Some(sock) = sock {
+            if reset {
+                // Unread data makes the kernel's close a reset on a readiness loop (see
+                // `Ops::discards_data`); a zero linger makes it one here. (TCP only: a UNIX
+                // socket has no linger, and its peer sees a clean EOF.)
+                let _ = rustix::net::sockopt::set_socket_linger(fd_of(this.fd), Some(std::time::Duration::ZERO));
+            }
             sock.bind(py).call_method0(intern!(py, "close"))?;
         }
         drop(proto);
@@ -686,6 +693,21 @@ fn protocol_buffer_error(buf: &Bound<'_, PyAny>) -> PyErr {
         return PyRuntimeError::new_err("get_buffer() returned an empty buffer");
     }
     PyTypeError::new_err("get_buffer() must return a writable contiguous buffer")
+}
+
+/// The error of a failed send as `send()` on a readiness loop reports it. After a TCP reset, the
+/// socket's pending error (`ECONNRESET`) goes to the first call that asks; with `io_uring` that is
+/// the receive always in flight, and the send after it sees `EPIPE`. asyncio's send would have
+/// seen the reset, so `EPIPE` is told as `ECONNRESET` there. (A UNIX socket has no reset: `EPIPE`
+/// is what its send says on every loop.)
+fn reset_not_pipe(e: std::io::Error, completion: bool, fd: RawFd) -> std::io::Error {
+    if completion && e.raw_os_error() == Some(Errno::PIPE.raw_os_error()) {
+        let domain = rustix::net::sockopt::socket_domain(fd_of(fd));
+        if matches!(domain, Ok(d) if d == rustix::net::AddressFamily::INET || d == rustix::net::AddressFamily::INET6) {
+            return std::io::Error::from_raw_os_error(Errno::CONNRESET.raw_os_error());
+        }
+    }
+    e
 }
 
 /// What `write` knows before it touches the data.
@@ -899,7 +921,12 @@ impl StreamTransport {
                 }
                 this.state.with(py, |s| s.conn_lost += 1)
             }
-            Sent::Failed(e) => Self::fatal_error(slf, &os_error(&e.into()), "Fatal write error on socket transport"),
+            Sent::Failed(e) => {
+                let e = this
+                    .state
+                    .with(py, |s| reset_not_pipe(e.into(), s.completion, this.fd))?;
+                Self::fatal_error(slf, &os_error(&e), "Fatal write error on socket transport")
+            }
             Sent::Part(chunk, offset) => {
                 this.state.with(py, |s| s.queue(py, chunk, offset, per_item))?;
                 Self::sync_interest(slf)?;
