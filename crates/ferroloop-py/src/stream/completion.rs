@@ -30,6 +30,7 @@ use ferroloop_core::driver::uring::Uring;
 
 /// The operations a transport has in flight, and what they received while reading was paused.
 #[derive(Default)]
+#[allow(clippy::struct_excessive_bools)] // independent flags of the operations, not a state machine
 pub(super) struct Ops {
     recv: Option<usize>,
     recv_cancelled: bool,
