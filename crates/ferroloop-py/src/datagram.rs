@@ -415,7 +415,7 @@ impl DatagramTransport {
             IoOp::Write => Self::run_write(slf),
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
             // Not used by datagram transports (readiness only).
-            IoOp::Eof | IoOp::Done(_) | IoOp::Deliver => Ok(()),
+            IoOp::Eof | IoOp::Done(_) | IoOp::Deliver | IoOp::Rearm => Ok(()),
         }
     }
 

@@ -11,6 +11,7 @@
 //! queue the callbacks of ready fds, queue the due timers, then run exactly the callbacks that
 //! were queued when the pass began.
 
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -99,6 +100,11 @@ struct State {
     /// Stream transports use the completion model (the `io_uring` backend, unless
     /// `FERROLOOP_URING_STREAMS=readiness`).
     completion_streams: bool,
+    /// Transports whose receive ended for want of a provided buffer (`ENOBUFS`), oldest first:
+    /// each gets its receive back as buffers come back (see [`LoopCore::starve`]).
+    starved: VecDeque<Owner>,
+    /// Provided buffers given back since starved receives were last restarted.
+    recycled: usize,
 }
 
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
@@ -188,6 +194,17 @@ fn completion_supported() -> bool {
 
 /// How long an iteration may wait for I/O: not at all if callbacks are ready or the loop is
 /// stopping, else until the first timer is due (forever if there is none).
+/// Gives starved receives (see [`LoopCore::starve`]) their `IoOp::Rearm`: as many as buffers
+/// came back since the last time, and at least one, so that a receive restarted too early (and
+/// starved again) cannot stall the rest. Queued before the wait, which then does not block.
+fn restart_starved(s: &mut State) {
+    let n = s.recycled.max(1).min(s.starved.len());
+    s.recycled = 0;
+    for owner in s.starved.drain(..n) {
+        s.ready.push(Ready::Io(owner, IoOp::Rearm, None));
+    }
+}
+
 fn wait_timeout(s: &State, stopping: bool) -> Option<Duration> {
     if !s.ready.is_empty() || stopping {
         Some(Duration::ZERO)
@@ -290,6 +307,15 @@ impl LoopCore {
             _ => None,
         };
         self.state.with(py, |s| s.ready.push(Ready::Io(owner, op, context)))
+    }
+
+    /// `owner`'s multishot receive ended with `ENOBUFS`: every provided buffer was taken. It
+    /// waits here instead of starting again at once: with thousands of connections, restarting
+    /// each at once made every batch of buffers cost a failed receive per connection (5,000
+    /// connections echoing 1 KiB: 35,000 requests/s against 220,000 on epoll). Restarted in order,
+    /// as many per iteration as buffers came back (at least one), by `restart_starved`.
+    pub fn starve(&self, py: Python<'_>, owner: Owner) -> PyResult<()> {
+        self.state.with(py, |s| s.starved.push_back(owner))
     }
 
     /// Whether stream transports of this loop use the completion model.
@@ -405,6 +431,7 @@ impl LoopCore {
             for &(bid, _) in parts {
                 uring.recycle(bid);
             }
+            s.recycled += parts.len();
             Some(joined)
         })?;
         taken.transpose()
@@ -682,6 +709,7 @@ impl LoopCore {
             for t in &purged {
                 t.get().unschedule();
             }
+            restart_starved(s);
             let timeout = wait_timeout(s, stopping);
             (s.driver.clone(), timeout, std::mem::take(&mut s.events), purged)
         })?;
@@ -885,6 +913,8 @@ impl LoopCore {
                 task_factory: None,
                 ops: OpTable::default(),
                 completion_streams: false,
+                starved: VecDeque::new(),
+                recycled: 0,
             }),
             read_buf: AttachedCell::new(Vec::new()),
             closed: AtomicBool::new(false),

@@ -73,7 +73,7 @@ impl Listener {
         match op {
             IoOp::Read => Self::accept_ready(slf),
             IoOp::Done(done) => Self::accept_done(slf, &done),
-            IoOp::Start(_) | IoOp::Write | IoOp::ConnectionLost(_) | IoOp::Eof | IoOp::Deliver => Ok(()),
+            IoOp::Start(_) | IoOp::Write | IoOp::ConnectionLost(_) | IoOp::Eof | IoOp::Deliver | IoOp::Rearm => Ok(()),
         }
     }
 

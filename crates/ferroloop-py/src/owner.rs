@@ -32,6 +32,8 @@ pub enum IoOp {
     Done(Done),
     /// Give the protocol what arrived while reading was paused (completion model).
     Deliver,
+    /// Start the receive again: buffers came back after it ended with `ENOBUFS`.
+    Rearm,
 }
 
 impl IoOp {
@@ -40,7 +42,7 @@ impl IoOp {
     pub fn method_name(&self) -> &'static str {
         match self {
             IoOp::Start(_) => "_start",
-            IoOp::Read | IoOp::Deliver => "_read_ready",
+            IoOp::Read | IoOp::Deliver | IoOp::Rearm => "_read_ready",
             IoOp::Done(done) if !done.buffers.as_slice().is_empty() => "_read_ready",
             IoOp::Write => "_write_ready",
             IoOp::ConnectionLost(_) => "_call_connection_lost",

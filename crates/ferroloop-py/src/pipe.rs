@@ -300,7 +300,7 @@ impl ReadPipeTransport {
             },
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
             // Pipes are readiness-driven on every backend.
-            IoOp::Write | IoOp::Done(_) | IoOp::Deliver => Ok(()),
+            IoOp::Write | IoOp::Done(_) | IoOp::Deliver | IoOp::Rearm => Ok(()),
         }
     }
 
@@ -624,7 +624,7 @@ impl WritePipeTransport {
             }
             IoOp::Write => Self::write_ready(slf),
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
-            IoOp::Eof | IoOp::Done(_) | IoOp::Deliver => Ok(()),
+            IoOp::Eof | IoOp::Done(_) | IoOp::Deliver | IoOp::Rearm => Ok(()),
         }
     }
 

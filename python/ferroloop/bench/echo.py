@@ -95,18 +95,18 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
             self.buffer = memoryview(bytearray(READ_SIZE))
 
 
-async def serve(style, listener, lifetime):
+async def serve(style, listener, lifetime, backlog=100):
     loop = asyncio.get_running_loop()
     unix = listener.family == socket.AF_UNIX
     if style == "sock":
         server = loop.create_task(_sock_server(listener))
     elif style == "streams":
         start = asyncio.start_unix_server if unix else asyncio.start_server
-        server = await start(_stream_echo, sock=listener)
+        server = await start(_stream_echo, sock=listener, backlog=backlog)
     else:
         protocol = EchoProtocol if style == "proto" else EchoBufferedProtocol
         create = loop.create_unix_server if unix else loop.create_server
-        server = await create(protocol, sock=listener)
+        server = await create(protocol, sock=listener, backlog=backlog)
     name = listener.getsockname()
     print("READY", name if unix else f"{name[0]}:{name[1]}", flush=True)
     await asyncio.sleep(lifetime)  # the runner stops the server earlier; this bounds a stray one
@@ -121,6 +121,9 @@ def main(argv=None):
     where.add_argument("--tcp", action="store_true", help="listen on 127.0.0.1, any free port")
     where.add_argument("--unix", metavar="PATH")
     parser.add_argument("--lifetime", type=float, default=600, help="exit after this many seconds")
+    parser.add_argument(
+        "--backlog", type=int, default=100, help="listen backlog (asyncio's default: 100)"
+    )
     args = parser.parse_args(argv)
     if args.tcp:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -129,9 +132,9 @@ def main(argv=None):
     else:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(args.unix)
-    listener.listen(128)
+    listener.listen(args.backlog)
     listener.setblocking(False)
-    loops.run(args.loop, serve(args.style, listener, args.lifetime))
+    loops.run(args.loop, serve(args.style, listener, args.lifetime, args.backlog))
     return 0
 
 

@@ -17,6 +17,7 @@ import types
 from pathlib import Path
 
 from . import (
+    conns,
     echo,
     http_hello,
     loops,
@@ -42,10 +43,11 @@ FAMILIES = {
     "tls": tls_echo,
     "subprocess": subprocs,
     "pipe": pipe_pingpong,
+    "conns": conns,
 }
 
 #: Families whose load generator is ferroloop-echoclient.
-NEED_ECHOCLIENT = ("echo", "udp", "tls")
+NEED_ECHOCLIENT = ("echo", "udp", "tls", "conns")
 
 #: The pair the report compares head to head, and whose losing rows it lists.
 HEAD_TO_HEAD = ("ferroloop", "uvloop")

@@ -42,6 +42,8 @@ pub(super) struct Ops {
     delivering: bool,
     /// Data arrived after the connection was lost, and was dropped.
     discarded: bool,
+    /// The receive ended with `ENOBUFS` and waits in the loop's starved queue.
+    starved: bool,
 }
 
 impl Ops {
@@ -155,7 +157,7 @@ fn transient(errno: i32) -> bool {
 }
 
 fn wants_recv(s: &State) -> bool {
-    s.started && s.is_reading() && !s.read_eof && s.conn_lost == 0 && !s.ops.eof_held()
+    s.started && s.is_reading() && !s.read_eof && s.conn_lost == 0 && !s.ops.eof_held() && !s.ops.starved
 }
 
 impl StreamTransport {
@@ -284,6 +286,11 @@ impl StreamTransport {
         if lost {
             return Ok(());
         }
+        if result == -Errno::NOBUFS.raw_os_error() {
+            // Every provided buffer is taken: wait for some to come back (`LoopCore::starve`).
+            this.state.with(py, |s| s.ops.starved = true)?;
+            return this.lp().starve(py, Owner::Stream(slf.clone().unbind()));
+        }
         if result < 0 {
             if !transient(-result) {
                 let err = os_error(&std::io::Error::from_raw_os_error(-result));
@@ -301,6 +308,13 @@ impl StreamTransport {
         } else {
             this.state.with(py, |s| s.ops.held.push_back(item.map(Bound::unbind)))?;
         }
+        Self::sync_interest(slf)
+    }
+
+    /// Buffers came back after the receive ended with `ENOBUFS`: start it again (if it is
+    /// still wanted).
+    pub(super) fn rearm(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().state.with(slf.py(), |s| s.ops.starved = false)?;
         Self::sync_interest(slf)
     }
 

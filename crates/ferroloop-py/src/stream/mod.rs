@@ -656,6 +656,7 @@ impl StreamTransport {
             IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
             IoOp::Done(done) => Self::on_done(slf, done),
             IoOp::Deliver => Self::deliver_held(slf),
+            IoOp::Rearm => Self::rearm(slf),
             IoOp::Eof => Ok(()),
         }
     }
