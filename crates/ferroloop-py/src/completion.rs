@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use ferroloop_core::driver::{Completion, Driver};
+use ferroloop_core::driver::{BufRef, Completion, Driver};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
@@ -39,23 +39,23 @@ pub struct Done {
 pub enum Buffers {
     #[default]
     None,
-    One([(u16, usize); 1]),
-    Many(Vec<(u16, usize)>),
+    One([(BufRef, usize); 1]),
+    Many(Vec<(BufRef, usize)>),
 }
 
 impl Buffers {
-    fn push(&mut self, bid: u16, len: usize) {
+    fn push(&mut self, buf: BufRef, len: usize) {
         *self = match std::mem::take(self) {
-            Buffers::None => Buffers::One([(bid, len)]),
-            Buffers::One([first]) => Buffers::Many(vec![first, (bid, len)]),
+            Buffers::None => Buffers::One([(buf, len)]),
+            Buffers::One([first]) => Buffers::Many(vec![first, (buf, len)]),
             Buffers::Many(mut v) => {
-                v.push((bid, len));
+                v.push((buf, len));
                 Buffers::Many(v)
             }
         };
     }
 
-    pub fn as_slice(&self) -> &[(u16, usize)] {
+    pub fn as_slice(&self) -> &[(BufRef, usize)] {
         match self {
             Buffers::None => &[],
             Buffers::One(one) => one,
@@ -121,7 +121,7 @@ impl OpTable {
                 finished.push((e.owner, e.keep));
             }
             let received = match (c.buffer, usize::try_from(c.result)) {
-                (Some(bid), Ok(len)) if len > 0 => Some((bid, len)),
+                (Some(buf), Ok(len)) if len > 0 => Some((buf, len)),
                 _ => None,
             };
             // At most MAX_READ bytes in one delivery, as one read of asyncio's takes at most that.
@@ -129,9 +129,9 @@ impl OpTable {
                 let so_far = usize::try_from(self.batch[i].1.result).unwrap_or(MAX_READ);
                 received.is_some_and(|(_, len)| so_far + len <= MAX_READ)
             });
-            if let (Some((bid, len)), Some(i)) = (received, open) {
+            if let (Some((buf, len)), Some(i)) = (received, open) {
                 let done = &mut self.batch[i].1;
-                done.buffers.push(bid, len);
+                done.buffers.push(buf, len);
                 done.result = done.result.saturating_add(c.result);
                 done.more = c.more;
                 if !c.more {
@@ -140,8 +140,8 @@ impl OpTable {
                 continue;
             }
             let mut buffers = Buffers::None;
-            if let Some((bid, len)) = received {
-                buffers.push(bid, len);
+            if let Some((buf, len)) = received {
+                buffers.push(buf, len);
                 if c.more {
                     self.open.insert(op, self.batch.len());
                 }
@@ -180,8 +180,8 @@ impl OpTable {
 }
 
 /// Gives an unused buffer back to the kernel.
-fn recycle(driver: &Driver, buffer: Option<u16>) {
-    if let (Some(bid), Some(u)) = (buffer, driver.uring()) {
-        u.recycle(bid);
+fn recycle(driver: &Driver, buffer: Option<BufRef>) {
+    if let (Some(buf), Some(u)) = (buffer, driver.uring()) {
+        u.recycle(buf);
     }
 }

@@ -420,16 +420,16 @@ impl LoopCore {
                         let ptr = ffi::PyBytes_AS_STRING(obj.as_ptr()).cast_mut().cast::<u8>();
                         let out = std::slice::from_raw_parts_mut(ptr, total);
                         let mut at = 0;
-                        for &(bid, len) in parts {
-                            at += uring.copy_out(bid, len, 0, &mut out[at..]);
+                        for &(buf, len) in parts {
+                            at += uring.copy_out(buf, len, 0, &mut out[at..]);
                         }
                         obj.cast_into_unchecked::<PyBytes>()
                     },
                 )
             };
             // Given back whether or not the bytes could be made.
-            for &(bid, _) in parts {
-                uring.recycle(bid);
+            for &(buf, _) in parts {
+                uring.recycle(buf);
             }
             s.recycled += parts.len();
             Some(joined)

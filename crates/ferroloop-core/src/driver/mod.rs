@@ -150,7 +150,18 @@ pub struct Completion {
     pub more: bool,
     /// The provided buffer holding a receive's data: copy it out and give it back
     /// ([`uring::Uring::copy_out`], [`uring::Uring::recycle`]).
-    pub buffer: Option<u16>,
+    pub buffer: Option<BufRef>,
+}
+
+/// Where a receive's data lies in the provided buffers: buffer `bid`, from `offset`. With
+/// incremental consumption (Linux 6.12) the kernel fills one buffer with several receives, each
+/// after the last. Every `BufRef` a completion carries is given back once ([`uring::Uring::
+/// recycle`]); the buffer returns to the kernel when the kernel is done with it and every part
+/// of it was given back, in whatever order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufRef {
+    pub bid: u16,
+    pub offset: u32,
 }
 
 /// A readiness driver over one OS API. All methods take `&self`: registrations may change while

@@ -84,6 +84,10 @@ use rustix::event::PollFlags;
 use rustix::io::Errno;
 
 use super::bufring::{self, BufRing};
+use super::BufRef;
+
+/// `IOU_PBUF_RING_INC`: the flag that registers a buffer ring for incremental consumption.
+const IOU_PBUF_RING_INC: u16 = 2;
 use super::{borrow, check_open, Completion, Event, Interest};
 use crate::waker::Waker;
 
@@ -446,11 +450,16 @@ impl Uring {
                 data if data & OP_BIT != 0 => {
                     let more = cqueue::more(cqe.flags());
                     st.ops_in_flight -= usize::from(!more);
+                    let len = usize::try_from(cqe.result()).unwrap_or(0);
+                    let buffer = cqueue::buffer_select(cqe.flags()).map(|bid| match st.bufs.as_mut() {
+                        Some(bufs) => bufs.consume(bid, len, cqueue::buffer_more(cqe.flags())),
+                        None => BufRef { bid, offset: 0 },
+                    });
                     st.completions.push(Completion {
                         tag: data & !OP_BIT,
                         result: cqe.result(),
                         more,
-                        buffer: cqueue::buffer_select(cqe.flags()),
+                        buffer,
                     });
                 }
                 data => {
@@ -501,14 +510,20 @@ impl Uring {
     pub fn recv_multishot(&self, fd: RawFd, tag: u64) -> io::Result<()> {
         let mut st = self.lock();
         if st.bufs.is_none() {
-            let bufs = BufRing::new()?;
+            let mut bufs = BufRing::new()?;
             // SAFETY: the ring stays allocated (in the state) until the driver is dropped, after
             // every operation that could use it has ended (`drain_ops`).
-            unsafe {
+            let register = |flags| unsafe {
                 self.ring
                     .submitter()
-                    .register_buf_ring_with_flags(bufs.addr(), bufring::ENTRIES, bufring::GROUP, 0)?;
+                    .register_buf_ring_with_flags(bufs.addr(), bufring::ENTRIES, bufring::GROUP, flags)
+            };
+            // Incremental consumption where the kernel has it (6.12), else whole buffers.
+            let incremental = register(IOU_PBUF_RING_INC).is_ok();
+            if !incremental {
+                register(0)?;
             }
+            bufs.set_incremental(incremental);
             st.bufs = Some(bufs);
         }
         let sqe = opcode::RecvMulti::new(types::Fd(fd), bufring::GROUP)
@@ -585,19 +600,25 @@ impl Uring {
     /// Copies bytes `from..` of provided buffer `bid` (a completion's, of `len` bytes) into `out`,
     /// as many as fit; the buffer stays ours (give it back with [`Uring::recycle`]). Returns the
     /// bytes copied.
-    pub fn copy_out(&self, bid: u16, len: usize, from: usize, out: &mut [u8]) -> usize {
+    pub fn copy_out(&self, buf: BufRef, len: usize, from: usize, out: &mut [u8]) -> usize {
         let st = self.lock();
         let bufs = st.bufs.as_ref().expect("a completion with a buffer implies the ring");
-        let data = &bufs.slice(bid, len)[from.min(len)..];
+        let data = &bufs.slice(buf, len)[from.min(len)..];
         let n = data.len().min(out.len());
         out[..n].copy_from_slice(&data[..n]);
         n
     }
 
-    /// Gives provided buffer `bid` back to the kernel.
-    pub fn recycle(&self, bid: u16) {
+    /// Whether the provided buffers are consumed incrementally (see `bufring`); false until the
+    /// first receive registers them.
+    pub fn incremental_buffers(&self) -> bool {
+        self.lock().bufs.as_ref().is_some_and(BufRing::incremental)
+    }
+
+    /// Gives back a completion's part of a provided buffer (see [`BufRef`]).
+    pub fn recycle(&self, buf: BufRef) {
         if let Some(bufs) = self.lock().bufs.as_mut() {
-            bufs.recycle(bid);
+            bufs.recycle(buf);
         }
     }
 
@@ -747,10 +768,10 @@ mod tests {
     }
 
     /// A completion's data, and its buffer given back.
-    fn take(d: &Uring, bid: u16, len: usize) -> Vec<u8> {
+    fn take(d: &Uring, buf: BufRef, len: usize) -> Vec<u8> {
         let mut out = vec![0; len];
-        assert_eq!(d.copy_out(bid, len, 0, &mut out), len);
-        d.recycle(bid);
+        assert_eq!(d.copy_out(buf, len, 0, &mut out), len);
+        d.recycle(buf);
         out
     }
 
@@ -788,6 +809,31 @@ mod tests {
         drop(b);
         let c = wait_for(&d, 1)[0];
         assert_eq!((c.result, c.more, c.buffer), (0, false, None)); // EOF ends it
+        assert!(d.drain_ops());
+    }
+
+    #[test]
+    fn small_receives_fill_one_buffer_one_after_the_other() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let d = Uring::new().unwrap();
+        let (a, mut b) = nonblocking_pair();
+        d.recv_multishot(a.as_raw_fd(), 7).unwrap();
+        b.write_all(b"hello").unwrap();
+        let first = wait_for(&d, 1)[0].buffer.unwrap();
+        b.write_all(b"again!").unwrap();
+        let second = wait_for(&d, 1)[0].buffer.unwrap();
+        if d.incremental_buffers() {
+            // The kernel goes on in the same buffer, after the first receive.
+            assert_eq!((second.bid, second.offset), (first.bid, 5));
+        } else {
+            assert_eq!((first.offset, second.offset), (0, 0));
+            assert_ne!(first.bid, second.bid);
+        }
+        // Given back in the other order: the first part stays readable until it is given back.
+        assert_eq!(take(&d, second, 6), b"again!");
+        assert_eq!(take(&d, first, 5), b"hello");
+        drop(b);
         assert!(d.drain_ops());
     }
 

@@ -27,6 +27,7 @@ use crate::glue::os_error;
 use crate::owner::{IoOp, Owner};
 use crate::transport::{is_exit, with_bytes_mut};
 use ferroloop_core::driver::uring::Uring;
+use ferroloop_core::driver::BufRef;
 
 /// The operations a transport has in flight, and what they received while reading was paused.
 #[derive(Default)]
@@ -73,7 +74,7 @@ impl Ops {
 enum Source<'a> {
     Bytes(&'a [u8]),
     Ring {
-        parts: &'a [(u16, usize)],
+        parts: &'a [(BufRef, usize)],
         /// The part being copied, and the offset in it.
         part: usize,
         from: usize,
@@ -101,8 +102,8 @@ impl Source<'_> {
                 let Some(u) = uring else { return 0 };
                 let mut n = 0;
                 while n < out.len() && *part < parts.len() {
-                    let (bid, len) = parts[*part];
-                    let got = u.copy_out(bid, len, *from, &mut out[n..]);
+                    let (buf, len) = parts[*part];
+                    let got = u.copy_out(buf, len, *from, &mut out[n..]);
                     n += got;
                     *from += got;
                     if *from >= len {
@@ -122,10 +123,10 @@ impl Source<'_> {
             Source::Bytes(b) => out.extend_from_slice(b),
             Source::Ring { parts, part, from } => {
                 if let Some(u) = uring {
-                    for &(bid, len) in &parts[*part..] {
+                    for &(buf, len) in &parts[*part..] {
                         let start = out.len();
                         out.resize(start + len - *from, 0);
-                        u.copy_out(bid, len, *from, &mut out[start..]);
+                        u.copy_out(buf, len, *from, &mut out[start..]);
                         *from = 0;
                     }
                 }
@@ -258,8 +259,8 @@ impl StreamTransport {
                 let given = Self::give_buffered(slf, &get_buffer, &buffer_updated, &mut source);
                 this.lp().with_uring(py, |u| {
                     if let Some(u) = u {
-                        for &(bid, _) in parts {
-                            u.recycle(bid);
+                        for &(buf, _) in parts {
+                            u.recycle(buf);
                         }
                     }
                 })?;
