@@ -35,7 +35,7 @@ PY_DIRS := $(wildcard python tests scripts bench)
 MODULES ?=
 CONFORMANCE_ARGS ?=
 
-.PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends valgrind \
+.PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends valgrind soak \
 	conformance lint fmt bench wheels clean
 
 help: ## List the targets with a one-line description
@@ -92,6 +92,9 @@ test-py: dev ## Python tests (tests/) against the installed build
 conformance: dev ## uvloop's test suite on ferroloop vs asyncio; fails on any regression
 	$(VPY) scripts/conformance.py --python $(VPY) --work-dir target/conformance/$(PY) \
 		$(if $(strip $(MODULES)),--modules $(MODULES)) $(CONFORMANCE_ARGS)
+
+soak: dev ## 10,000 connections for 10 minutes per backend: RSS, fds and throughput every 10 s (not in CI)
+	$(VPY) scripts/soak.py $(SOAK_ARGS)
 
 valgrind: dev ## A smoke program under valgrind's memcheck on every backend (PY): no error beyond CPython's own
 	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
