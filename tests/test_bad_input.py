@@ -9,6 +9,8 @@ import sys
 import pytest
 from helpers_compat import WRITE_QUEUES_THE_CALLERS_OBJECT
 
+BACKEND = os.environ.get("FERROLOOP_BACKEND") or "epoll"
+
 
 def test_create_server_takes_a_negative_backlog(run, loop):
     """``socket.listen()`` takes a negative backlog (as 0), so asyncio's create_server does."""
@@ -43,6 +45,11 @@ def test_create_server_refuses_a_backlog_beyond_a_c_int(run, loop):
 )
 @pytest.mark.parametrize("method", ["add_reader", "add_writer"])
 def test_add_reader_and_writer_refuse_what_is_no_fd(loop, method, fd, exc, message):
+    if BACKEND == "select" and exc is OverflowError and type(loop).__module__.startswith("asyncio"):
+        pytest.skip(
+            "asyncio's SelectSelector takes an fd past a C int and fails every select() after it "
+            "(the loop is broken); ferroloop's select backend refuses it as epoll does"
+        )
     with pytest.raises(exc) as info:
         getattr(loop, method)(fd, print)
     assert str(info.value) == message
