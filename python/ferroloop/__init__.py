@@ -6,10 +6,16 @@ asyncio.Runner(loop_factory=ferroloop.new_event_loop)     # or with a Runner
 """
 
 import asyncio as _asyncio
+import importlib.metadata as _metadata
 import warnings as _warnings
 
 from ._ferroloop import Handle, TimerHandle
 from ._loop import BACKEND_ENV, Loop, backends
+
+try:
+    __version__ = _metadata.version("ferroloop")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = (
     "BACKEND_ENV",
