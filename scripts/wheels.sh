@@ -77,7 +77,7 @@ one() { # X.Y: build, inspect, install and run the demo; adds a row, returns 1 o
         { row "$v" "(unexpected wheel(s): ${whls[*]##*/})" - - -; return 1; }
     # The tags as the WHEEL file states them, and the .so's highest GLIBC_ symbol version.
     tmp=$(mktemp -d)
-    "$py" - "$whl" "$tmp" "$cp" <<'PY' || { rm -rf "$tmp"; row "$v" "${whl##*/}: bad WHEEL" - - -; return 1; }
+    "$py" - "$whl" "$tmp" "$cp" <<'PY' || { rm -rf "$tmp"; row "$v" "${whl##*/}: bad WHEEL (tags, bench or licences)" - - -; return 1; }
 import sys, zipfile
 whl, tmp, cp = sys.argv[1:]
 z = zipfile.ZipFile(whl)
@@ -85,7 +85,12 @@ z = zipfile.ZipFile(whl)
 tags = sorted(l[5:] for l in z.read(wheel).decode().splitlines() if l.startswith("Tag: "))
 print("wheels.sh: WHEEL tags:", *tags, file=sys.stderr)
 z.extractall(tmp, [n for n in z.namelist() if n.endswith(".so")])
-sys.exit(tags != [f"{cp}-{cp}-manylinux2014_x86_64", f"{cp}-{cp}-manylinux_2_17_x86_64"])
+# Only what a user imports (no benchmarks), and the licence files.
+bench = [n for n in z.namelist() if n.startswith("ferroloop/bench/")]
+licences = sorted(n.rsplit("/", 1)[1] for n in z.namelist() if ".dist-info/licenses/" in n)
+print("wheels.sh: bench files:", len(bench), "licences:", *licences, file=sys.stderr)
+sys.exit(tags != [f"{cp}-{cp}-manylinux2014_x86_64", f"{cp}-{cp}-manylinux_2_17_x86_64"]
+         or bool(bench) or licences != ["LICENSE-APACHE", "LICENSE-MIT"])
 PY
     so=$(compgen -G "$tmp/ferroloop/_ferroloop.*.so") &&
         glibc=$(objdump -T "$so" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1) || glibc=
