@@ -121,9 +121,11 @@ fmt: venv ## Format Rust (cargo fmt) and Python (ruff format, import sorting)
 	$(VENV)/bin/ruff check --select I --fix $(PY_DIRS)
 	$(VENV)/bin/ruff format $(PY_DIRS)
 
-bench: dev ## Run the benchmarks (python -m ferroloop.bench); installs wrk for the HTTP family
+bench: dev ## Run the benchmarks (python -m ferroloop.bench); installs wrk for the HTTP family and rloop
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| echo "wrk could not be installed: the http family will be skipped"
+	@$(VPY) -c "import rloop" 2>/dev/null || $(VPY) -m pip install -q rloop \
+		|| echo "rloop could not be installed: it will be skipped"
 	$(VPY) -m ferroloop.bench
 
 clean: ## Remove build outputs, caches and .venv

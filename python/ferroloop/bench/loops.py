@@ -10,6 +10,7 @@ import platform
 KNOWN = {
     "asyncio": "asyncio:SelectorEventLoop",
     "uvloop": "uvloop:new_event_loop",
+    "rloop": "rloop:new_event_loop",
     "ferroloop": "ferroloop:new_event_loop",
     # ferroloop on each of its backends (``ferroloop`` alone is the default, epoll).
     "ferroloop-poll": "ferroloop.bench.loops:ferroloop_poll",

@@ -166,6 +166,13 @@ async def measure(fn, chunk, min_time):
             return ops, elapsed
 
 
+async def exactly(fn, chunk, ops):
+    """A warm-up chunk, then ``ops`` operations of ``fn`` (``bench.callgrind`` counts them)."""
+    loop = asyncio.get_running_loop()
+    await fn(loop, chunk)
+    await fn(loop, ops)
+
+
 # -- the runner's side: one child process per case and loop ------------------------------------
 
 TITLE = "micro: in-process loop costs"
@@ -198,8 +205,15 @@ def main(argv=None):
     parser.add_argument("--loop", required=True)
     parser.add_argument("--case", required=True, choices=sorted(CASES))
     parser.add_argument("--min-time", type=float, default=0.5)
+    parser.add_argument(
+        "--ops", type=int, help="run exactly this many operations after the warm-up (callgrind)"
+    )
     args = parser.parse_args(argv)
     fn, chunk, _unit = CASES[args.case]
+    if args.ops is not None:
+        loops.run(args.loop, exactly(fn, chunk, args.ops))
+        print(json.dumps({"ops": args.ops}))
+        return 0
     ops, seconds = loops.run(args.loop, measure(fn, chunk, args.min_time))
     print(json.dumps({"ops": ops, "seconds": seconds, "rate": ops / seconds}))
     return 0

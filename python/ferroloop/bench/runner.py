@@ -17,6 +17,7 @@ import types
 from pathlib import Path
 
 from . import (
+    callgrind,
     conns,
     echo,
     http_hello,
@@ -44,7 +45,12 @@ FAMILIES = {
     "subprocess": subprocs,
     "pipe": pipe_pingpong,
     "conns": conns,
+    "callgrind": callgrind,
 }
+
+#: What runs without ``--only``: every family but callgrind (minutes of valgrind), which
+#: ``--callgrind`` adds.
+DEFAULT_FAMILIES = tuple(name for name in FAMILIES if name != "callgrind")
 
 #: Families whose load generator is ferroloop-echoclient.
 NEED_ECHOCLIENT = ("echo", "udp", "tls", "conns")
@@ -81,11 +87,18 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="one short repetition (~1.5 minutes)")
     parser.add_argument(
         "--loops",
-        default="asyncio,uvloop,ferroloop",
+        default="asyncio,uvloop,rloop,ferroloop",
         help="comma-separated: asyncio, uvloop, ferroloop or module:factory (asyncio is always the baseline)",
     )
     parser.add_argument(
-        "--only", default=",".join(FAMILIES), help=f"families: {','.join(FAMILIES)}"
+        "--only",
+        default=",".join(DEFAULT_FAMILIES),
+        help=f"families: {','.join(FAMILIES)} (default: all but callgrind)",
+    )
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="add the callgrind family: instructions per operation of the micro cases",
     )
     parser.add_argument("--filter", default="", help="only cases whose name contains this text")
     parser.add_argument(
@@ -119,6 +132,8 @@ def parse_args(argv):
             setattr(args, key, value)
     args.loops = [name for name in args.loops.split(",") if name]
     args.only = [name for name in args.only.split(",") if name]
+    if args.callgrind and "callgrind" not in args.only:
+        args.only.append("callgrind")
     unknown = [name for name in args.only if name not in FAMILIES]
     if unknown:
         parser.error(f"unknown families {unknown}; choose from {','.join(FAMILIES)}")
