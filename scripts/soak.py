@@ -138,7 +138,10 @@ def verdict(run, args):
     """Why the run fails (growth, a stall), or None."""
     if "error" in run:
         return run["error"]
-    after = [s for s in run["samples"] if s["t"] >= args.warmup]
+    # From the warm-up to the end of the load (a sample taken while the client closes its
+    # connections is not a steady state).
+    end = args.minutes * 60 - args.every / 2
+    after = [s for s in run["samples"] if args.warmup <= s["t"] <= end]
     if len(after) < 2:
         return "too few samples after the warm-up"
     problems = []
