@@ -944,11 +944,13 @@ impl LoopCore {
         self.state.with(py, |s| s.driver.as_ref().map(|d| d.backend().name()))
     }
 
+    /// The loop's clock: seconds on the monotonic clock, as `call_at` takes them.
     #[allow(clippy::unused_self)] // an instance method in asyncio's API
     fn time(&self) -> f64 {
         loop_time()
     }
 
+    /// (The method Python calls is `fastcall.rs`'s, with the docstring.)
     #[pyo3(signature = (callback, *args, context=None))]
     pub fn call_soon(
         slf: &Bound<'_, Self>,
@@ -959,6 +961,7 @@ impl LoopCore {
         Self::enqueue(slf, callback, args, context, false)
     }
 
+    /// (The method Python calls is `fastcall.rs`'s, with the docstring.)
     #[pyo3(signature = (callback, *args, context=None))]
     pub fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
@@ -969,6 +972,7 @@ impl LoopCore {
         Self::enqueue(slf, callback, args, context, true)
     }
 
+    /// (The method Python calls is `fastcall.rs`'s, with the docstring.)
     #[pyo3(signature = (delay, callback, *args, context=None))]
     pub fn call_later(
         slf: &Bound<'_, Self>,
@@ -990,6 +994,7 @@ impl LoopCore {
         Self::schedule_at(slf, when, None, callback, args, context)
     }
 
+    /// (The method Python calls is `fastcall.rs`'s, with the docstring.)
     #[pyo3(signature = (when, callback, *args, context=None))]
     pub fn call_at(
         slf: &Bound<'_, Self>,
@@ -1045,14 +1050,18 @@ impl LoopCore {
         sockops::wait_sendall(slf, fd, data, sent)
     }
 
+    /// Whether the loop is in debug mode.
     fn get_debug(&self) -> bool {
         self.debug()
     }
 
+    /// A new `asyncio.Future` attached to this loop.
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         tasks::new_future(slf.as_any())
     }
 
+    /// (The method Python calls is `fastcall.rs`'s, with the docstring.)
+    ///
     /// `asyncio.Task(coro, loop=self, name=..., context=...)`. With a task factory set, or
     /// keywords other than `name` and `context`, asyncio's own `create_task` runs instead: what it
     /// passes to factories, which keywords it takes and how it refuses the others differ between
@@ -1196,10 +1205,12 @@ impl LoopCore {
         Self::run_once(slf)
     }
 
+    /// Stops the loop once the callbacks ready now have run: `run_forever` returns then.
     fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the loop was closed.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }

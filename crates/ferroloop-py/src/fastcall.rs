@@ -143,31 +143,31 @@ method_def!(
     CALL_SOON,
     call_soon,
     Method::CallSoon,
-    c"call_soon($self, callback, *args, context=None)\n--\n\n"
+    c"call_soon($self, callback, *args, context=None)\n--\n\nSchedules `callback(*args)` to run in the next iteration of the loop, after the callbacks\nalready scheduled; runs it in `context` (a copy of the current context by default).\nReturns a `Handle` that can cancel it."
 );
 method_def!(
     CALL_SOON_THREADSAFE,
     call_soon_threadsafe,
     Method::CallSoonThreadsafe,
-    c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\n"
+    c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\n`call_soon` from any thread: also wakes the loop up if it waits for I/O."
 );
 method_def!(
     CALL_LATER,
     call_later,
     Method::CallLater,
-    c"call_later($self, delay, callback, *args, context=None)\n--\n\n"
+    c"call_later($self, delay, callback, *args, context=None)\n--\n\nSchedules `callback(*args)` to run `delay` seconds from now (`time() + delay`). Returns a\n`TimerHandle` that can cancel it."
 );
 method_def!(
     CALL_AT,
     call_at,
     Method::CallAt,
-    c"call_at($self, when, callback, *args, context=None)\n--\n\n"
+    c"call_at($self, when, callback, *args, context=None)\n--\n\nSchedules `callback(*args)` to run at `when`, a time of the loop's clock (`time()`). Returns a\n`TimerHandle` that can cancel it; its `when()` is `when` as given."
 );
 method_def!(
     CREATE_TASK,
     create_task,
     Method::CreateTask,
-    c"create_task($self, coro, **kwargs)\n--\n\n"
+    c"create_task($self, coro, **kwargs)\n--\n\nWraps the coroutine `coro` in a new task scheduled on this loop and returns it (the task\nfactory's, if one is set)."
 );
 
 /// The shared body of the entry points: `PyO3`'s trampoline duties (catching a panic, turning an

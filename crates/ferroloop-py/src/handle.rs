@@ -250,6 +250,7 @@ unsafe extern "C" fn traverse_handle(slf: *mut ffi::PyObject, visit: ffi::visitp
 
 #[pymethods]
 impl Handle {
+    /// Cancels the callback: it will not run (if it has not yet). Cancelling twice does nothing.
     pub fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -267,10 +268,12 @@ impl Handle {
         Ok(())
     }
 
+    /// Whether `cancel()` was called.
     fn cancelled(&self) -> bool {
         self.is_cancelled()
     }
 
+    /// The `contextvars.Context` the callback runs in.
     fn get_context(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.callback.with(py, |c| c.as_ref().map(|c| c.context.clone_ref(py)))
     }
@@ -367,6 +370,7 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
+    /// The loop time the callback is scheduled for, as `call_at` got it.
     fn when(&self, py: Python<'_>) -> Py<PyAny> {
         match &self.given {
             Some(given) => given.clone_ref(py),
@@ -384,6 +388,7 @@ impl TimerHandle {
         self.scheduled.load(Ordering::Relaxed)
     }
 
+    /// Cancels the timer: its callback will not run, and the loop forgets it.
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let base = slf.as_super();
@@ -485,11 +490,13 @@ impl ThreadSafeHandle {
 
 #[pymethods]
 impl ThreadSafeHandle {
+    /// Cancels the callback; from another thread, waits until a run already begun has ended.
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let _held = slf.get().lock.hold(slf.py());
         Handle::cancel(slf.as_super())
     }
 
+    /// Whether `cancel()` was called.
     fn cancelled(slf: &Bound<'_, Self>) -> bool {
         let _held = slf.get().lock.hold(slf.py());
         slf.as_super().get().is_cancelled()

@@ -1,0 +1,23 @@
+"""Every public method of the loop and its handles says what it does (issue 18, point 3)."""
+
+import pytest
+
+from ferroloop import _ferroloop
+
+METHODS = {
+    _ferroloop.LoopCore: (
+        "time call_soon call_soon_threadsafe call_later call_at get_debug create_future "
+        "create_task stop is_closed"
+    ),
+    _ferroloop.Handle: "cancel cancelled get_context",
+    _ferroloop.TimerHandle: "when cancel",
+}
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"), [(cls, name) for cls, names in METHODS.items() for name in names.split()]
+)
+def test_public_method_has_a_docstring(cls, name):
+    doc = getattr(cls, name).__doc__ or ""
+    # The signature line that CPython strips from __doc__ leaves the text only.
+    assert doc.strip(), f"{cls.__name__}.{name} has no docstring"
