@@ -57,21 +57,8 @@ def run(count, loop, ctx):
         client = [ctx.echoclient, "--tcp", address, "--size", str(SIZE), "--conns", str(count)]
         client += ["--max-requests", str(REQUESTS_PER_CONNECTION * count), "--duration", "300"]
 
-        def measure():
-            before = system.cpu_seconds(server.pid)
-            result, error = system.run_json(client, ctx.client_cpu, timeout=400)
-            used = system.cpu_seconds(server.pid) - before
-            if error or not result["requests"]:
-                return {**record, "error": error or "no request completed"}, used
-            return {
-                **record,
-                "value": result["rps"],
-                "p50_us": result["p50_us"],
-                "p99_us": result["p99_us"],
-                "cpu_us": used / result["requests"] * 1e6,
-                "server_busy": used / result["seconds"],
-            }, used
-
-        yield system.measure_quietly(measure, ctx.quiet_wait, ctx.retries)
+        yield echo.measure_server(
+            ctx, server, record, lambda: system.run_json(client, ctx.client_cpu, timeout=400)
+        )
     finally:
         system.stop(server)

@@ -187,6 +187,29 @@ def _client(ctx, target, size, seconds):
     return system.run_json(cmd, ctx.client_cpu, timeout=30 + 2 * seconds)
 
 
+def measure_server(ctx, server, record, client):
+    """One measured load of ``server``: ``client()`` runs the load generator and returns its JSON
+    (or an error); the record gets the requests per second, the latencies and the server's CPU
+    time per request."""
+
+    def measure():
+        before = system.cpu_seconds(server.pid)
+        result, error = client()
+        used = system.cpu_seconds(server.pid) - before
+        if error or not result["requests"]:
+            return {**record, "error": error or "no request completed"}, used
+        return {
+            **record,
+            "value": result["rps"],
+            "p50_us": result["p50_us"],
+            "p99_us": result["p99_us"],
+            "cpu_us": used / result["requests"] * 1e6,
+            "server_busy": used / result["seconds"],
+        }, used
+
+    return system.measure_quietly(measure, ctx.quiet_wait, ctx.retries)
+
+
 def run(unit, loop, ctx):
     """Start the server for ``unit`` on ``loop`` and measure each message size against it.
 
@@ -222,22 +245,9 @@ def run(unit, loop, ctx):
                 yield record
                 continue
 
-            def measure(size=size, record=record):
-                before = system.cpu_seconds(server.pid)
-                result, error = _client(ctx, target, size, ctx.duration)
-                used = system.cpu_seconds(server.pid) - before
-                if error or not result["requests"]:
-                    return {**record, "error": error or "no request completed"}, used
-                return {
-                    **record,
-                    "value": result["rps"],
-                    "p50_us": result["p50_us"],
-                    "p99_us": result["p99_us"],
-                    "cpu_us": used / result["requests"] * 1e6,
-                    "server_busy": used / result["seconds"],
-                }, used
-
-            yield system.measure_quietly(measure, ctx.quiet_wait, ctx.retries)
+            yield measure_server(
+                ctx, server, record, lambda size=size: _client(ctx, target, size, ctx.duration)
+            )
     finally:
         system.stop(server)
         if transport == "unix" and os.path.exists(path):
