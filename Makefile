@@ -35,7 +35,7 @@ PY_DIRS := $(wildcard python tests scripts bench)
 MODULES ?=
 CONFORMANCE_ARGS ?=
 
-.PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends valgrind soak \
+.PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends valgrind soak fuzz \
 	conformance lint fmt bench wheels clean
 
 help: ## List the targets with a one-line description
@@ -92,6 +92,15 @@ test-py: dev ## Python tests (tests/) against the installed build
 conformance: dev ## uvloop's test suite on ferroloop vs asyncio; fails on any regression
 	$(VPY) scripts/conformance.py --python $(VPY) --work-dir target/conformance/$(PY) \
 		$(if $(strip $(MODULES)),--modules $(MODULES)) $(CONFORMANCE_ARGS)
+
+#: `make fuzz N=500 SEED=7 FUZZ_BACKEND=io_uring`: programs per backend, first seed, backend(s).
+N ?= 200
+SEED ?= 0
+FUZZ_BACKEND ?= all
+
+fuzz: dev ## Differential fuzzer: N random loop-API programs per backend, asyncio vs ferroloop (PY)
+	nice -n 10 $(VPY) scripts/fuzz/fuzz.py --programs $(N) --seed $(SEED) \
+		--backend $(FUZZ_BACKEND) --python $(VPY)
 
 soak: dev ## 10,000 connections for 10 minutes per backend: RSS, fds and throughput every 10 s (not in CI)
 	$(VPY) scripts/soak.py $(SOAK_ARGS)
