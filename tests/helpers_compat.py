@@ -21,6 +21,7 @@ __all__ = (
     "RUN_FOREVER_CLEANS_UP_A_FAILED_SETUP",
     "SENDFILE_DRAINS_AFTER_WRITE",
     "SENDTO_SENDS_EMPTY_DATAGRAMS",
+    "SOCKET_TRANSPORT_HAS_WRITELINES",
     "TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL",
     "TLS_IS_CLOSING_ASKS_BELOW",
     "TLS_SHUTDOWN_TIMEOUT_COVERS_CLOSE",
@@ -138,3 +139,8 @@ TLS_IS_CLOSING_ASKS_BELOW = hasattr(sslproto.SSLProtocol, "_is_transport_closing
 #: 3.13: a TLS transport's ``_force_close`` after a second ``close()`` (which releases its SSL
 #: protocol) does nothing; before, ``AttributeError`` on the released protocol.
 TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL = sys.version_info >= (3, 13)
+
+
+#: 3.12: the socket transport has a writelines of its own, with its own messages; before,
+#: WriteTransport.writelines joined the items and called write().
+SOCKET_TRANSPORT_HAS_WRITELINES = "writelines" in vars(selector_events._SelectorSocketTransport)

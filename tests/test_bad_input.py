@@ -7,7 +7,7 @@ import socket
 import sys
 
 import pytest
-from helpers_compat import WRITE_QUEUES_THE_CALLERS_OBJECT
+from helpers_compat import SOCKET_TRANSPORT_HAS_WRITELINES, WRITE_QUEUES_THE_CALLERS_OBJECT
 
 BACKEND = os.environ.get("FERROLOOP_BACKEND") or "epoll"
 
@@ -247,6 +247,30 @@ def test_reader_and_writer_calls_on_a_transports_fd_are_refused(run, loop, metho
         with pytest.raises(RuntimeError) as info:
             getattr(loop, method)(*args)
         assert str(info.value) == f"File descriptor {fd} is used by transport {transport!r}"
+        transport.close()
+        b.close()
+
+    run(main())
+
+
+def test_writelines_refuses_as_asyncio_does(run, loop):
+    """After write_eof() and for an item that is no buffer, in the words of the running version
+    (the differential fuzzer found the 3.12+ ones)."""
+
+    async def main():
+        a, b = socket.socketpair()
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        own = SOCKET_TRANSPORT_HAS_WRITELINES
+        with pytest.raises(TypeError) as info:
+            transport.writelines([b"ok", "text"])
+        if own:
+            assert str(info.value) == "memoryview: a bytes-like object is required, not 'str'"
+        transport.writelines([])  # nothing to do
+        transport.write_eof()
+        with pytest.raises(RuntimeError) as info:
+            transport.writelines([b"after eof"])
+        name = "writelines" if own else "write"
+        assert str(info.value) == f"Cannot call {name}() after write_eof()"
         transport.close()
         b.close()
 

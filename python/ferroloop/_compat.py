@@ -183,6 +183,12 @@ TLS_IS_CLOSING_ASKS_BELOW = hasattr(sslproto.SSLProtocol, "_is_transport_closing
 #: ferroloop does not copy: its ``_force_close`` works.) Read by tls/transport.rs.
 TLS_FORCE_CLOSE_TOLERATES_A_RELEASED_PROTOCOL = VERSION >= (3, 13)
 
+#: 3.12: asyncio's socket transport has a ``writelines`` of its own (writes with sendmsg), with
+#: its own messages ("Cannot call writelines() after write_eof()", "unable to writelines; ...")
+#: and a ``memoryview()`` of each item; before, ``WriteTransport.writelines`` joined and wrote.
+#: Read by stream/mod.rs.
+SOCKET_TRANSPORT_HAS_WRITELINES = "writelines" in vars(selector_events._SelectorSocketTransport)
+
 #: 3.13: handle reprs and "Exception in callback" messages show the callback's arguments only in
 #: debug mode (they may hold secrets): ``_format_callback_source`` takes ``debug=``.
 CALLBACK_SOURCE_TAKES_DEBUG = "debug" in _parameters(format_helpers._format_callback_source)

@@ -79,6 +79,12 @@ fn write_buffer_counts_len(py: Python<'_>) -> PyResult<bool> {
     compat_flag(py, &SWITCH, "WRITE_BUFFER_COUNTS_LEN")
 }
 
+/// Whether asyncio's socket transport has a `writelines` of its own (3.12+), with its checks.
+fn writelines_of_its_own(py: Python<'_>) -> PyResult<bool> {
+    static SWITCH: PyOnceLock<bool> = PyOnceLock::new();
+    compat_flag(py, &SWITCH, "SOCKET_TRANSPORT_HAS_WRITELINES")
+}
+
 /// Whether `connection_lost` runs in the connection's context, not in its closer's (3.15+).
 pub fn connection_lost_in_connection_context(py: Python<'_>) -> PyResult<bool> {
     static SWITCH: PyOnceLock<bool> = PyOnceLock::new();
@@ -936,8 +942,36 @@ impl StreamTransport {
         }
     }
 
+    /// `write(b"".join(list_of_data))`, with asyncio's own checks and messages where its socket
+    /// transport has a `writelines` of its own (3.12+).
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let data = PyBytes::new(slf.py(), &[]).call_method1(intern!(slf.py(), "join"), (list_of_data,))?;
+        let py = slf.py();
+        if writelines_of_its_own(py)? {
+            let (eof, waiting) = slf.get().state.with(py, |s| (s.eof, s.empty_waiter.is_some()))?;
+            if eof {
+                return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
+            }
+            if waiting {
+                return Err(PyRuntimeError::new_err("unable to writelines; sendfile is in progress"));
+            }
+            if !list_of_data.is_truthy()? {
+                return Ok(());
+            }
+            let items = list_of_data.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+            for item in &items {
+                // asyncio takes a `memoryview(data)` of each.
+                // SAFETY: a type check of a live object.
+                if unsafe { ffi::PyObject_CheckBuffer(item.as_ptr()) } == 0 {
+                    let name = item.get_type().name()?;
+                    return Err(PyTypeError::new_err(format!(
+                        "memoryview: a bytes-like object is required, not '{name}'"
+                    )));
+                }
+            }
+            let data = PyBytes::new(py, &[]).call_method1(intern!(py, "join"), (items,))?;
+            return Self::write(slf, &data);
+        }
+        let data = PyBytes::new(py, &[]).call_method1(intern!(py, "join"), (list_of_data,))?;
         Self::write(slf, &data)
     }
 
