@@ -6,7 +6,7 @@ use pyo3::exceptions::{PyAttributeError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyString};
+use pyo3::types::{PyBytes, PyMemoryView, PyString};
 
 use super::{is_exception, types, AppPhase, AppReader, Phase, State, TlsProtocol};
 use crate::glue;
@@ -370,7 +370,7 @@ impl TlsProtocol {
             };
             let len = data.len()?;
             let done = if count < len {
-                let rest = data.get_item(PySlice::new(py, count as isize, isize::MAX, 1))?.unbind();
+                let rest = data.get_item(glue::slice(py, count as isize, isize::MAX)?)?.unbind();
                 this.with(py, |s| {
                     s.backlog_size -= count;
                     s.backlog.front_mut().map(|front| std::mem::replace(front, rest))
@@ -568,7 +568,7 @@ impl TlsProtocol {
                             this.call_soon(py, &slf.getattr(intern!(py, "_do_read_later"))?, None)?;
                             break;
                         }
-                        let rest = view.get_item(PySlice::new(py, offset as isize, isize::MAX, 1))?;
+                        let rest = view.get_item(glue::slice(py, offset as isize, isize::MAX)?)?;
                         match read.call1((wants - offset, rest)) {
                             Ok(n) => {
                                 count = n.extract()?;

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use pyo3::exceptions::{PyAssertionError, PyConnectionResetError, PyException, PyRuntimeError, PyTimeoutError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyDict, PyMemoryView, PySlice, PyType};
+use pyo3::types::{PyByteArray, PyDict, PyMemoryView, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::cell::AttachedCell;
@@ -364,7 +364,7 @@ impl TlsProtocol {
         let Some(buffer) = buffer else {
             return Err(PyRuntimeError::new_err("buffer_updated() before get_buffer()"));
         };
-        let data = buffer.bind(py).get_item(PySlice::new(py, 0, nbytes as isize, 1))?;
+        let data = buffer.bind(py).get_item(glue::slice(py, 0, nbytes as isize)?)?;
         Self::feed(slf, &data)
     }
 
