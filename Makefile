@@ -35,7 +35,7 @@ PY_DIRS := $(wildcard python tests scripts bench)
 MODULES ?=
 CONFORMANCE_ARGS ?=
 
-.PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends valgrind soak fuzz \
+.PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends valgrind soak fuzz test-asan miri \
 	conformance lint fmt bench wheels clean
 
 help: ## List the targets with a one-line description
@@ -92,6 +92,12 @@ test-py: dev ## Python tests (tests/) against the installed build
 conformance: dev ## uvloop's test suite on ferroloop vs asyncio; fails on any regression
 	$(VPY) scripts/conformance.py --python $(VPY) --work-dir target/conformance/$(PY) \
 		$(if $(strip $(MODULES)),--modules $(MODULES)) $(CONFORMANCE_ARGS)
+
+test-asan: venv ## pytest (tests/) on an AddressSanitizer build of the extension (nightly Rust, target/asan), one process per file; ASAN_LEAKS=1 adds the leak check
+	ASAN_PYTHON=$(CURDIR)/$(VPY) scripts/asan.sh
+
+miri: ## Miri on ferroloop-core's pure modules (ready, timer and write queues, clock, io_uring buffer ring)
+	scripts/miri.sh
 
 #: `make fuzz N=500 SEED=7 FUZZ_BACKEND=io_uring`: programs per backend, first seed, backend(s).
 N ?= 200

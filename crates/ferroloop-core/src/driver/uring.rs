@@ -170,8 +170,15 @@ fn reg_data(fd: RawFd, gen: u32) -> u64 {
     (u64::from(gen) << 32) | u64::from(fd as u32)
 }
 
+/// `flags` as the 32-bit mask of `IORING_OP_POLL_ADD`. (rustix's bits are a `u16` on its
+/// `linux_raw` backend and a C `short` on its libc one, which Miri uses.)
+#[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
+fn poll_mask(flags: PollFlags) -> u32 {
+    u32::from(flags.bits() as u16)
+}
+
 fn poll_sqe(fd: RawFd, reg: &Reg) -> squeue::Entry {
-    opcode::PollAdd::new(types::Fd(fd), u32::from(flags(reg.interest).bits()))
+    opcode::PollAdd::new(types::Fd(fd), poll_mask(flags(reg.interest)))
         .build()
         .user_data(reg_data(fd, reg.gen))
 }
@@ -287,7 +294,7 @@ impl Uring {
     }
 
     fn arm_waker(&self, st: &mut State) -> io::Result<()> {
-        let sqe = opcode::PollAdd::new(types::Fd(self.waker.raw_fd()), u32::from(PollFlags::IN.bits()))
+        let sqe = opcode::PollAdd::new(types::Fd(self.waker.raw_fd()), poll_mask(PollFlags::IN))
             .multi(true)
             .build()
             .user_data(WAKER_DATA);
@@ -483,7 +490,7 @@ impl Uring {
                     }
                     // Any other error is reported to both sides, as POLLERR, so that the caller's
                     // next syscall on the fd says what it is.
-                    let f = PollFlags::from_bits_retain(if res < 0 { u16::MAX } else { res as u16 });
+                    let f = PollFlags::from_bits_retain(if res < 0 { !0 } else { res as _ });
                     out.push(Event {
                         token: reg.token,
                         // As selectors.EpollSelector: any condition but OUT wakes a reader, any but
