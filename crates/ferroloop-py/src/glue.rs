@@ -58,7 +58,7 @@ pub fn exc_value<'a, 'py>(py: Python<'py>, err: &'a PyErr) -> &'a Bound<'py, pyo
 /// and never releases them (`PySlice_New` takes references of its own), so every slice leaked
 /// the ints past 256 (`isize::MAX` each time): 4 KiB per MiB received over TLS into a
 /// `BufferedProtocol`, found by the `AddressSanitizer` run's leak check.
-pub fn slice<'py>(py: Python<'py>, start: isize, stop: isize) -> PyResult<Bound<'py, PySlice>> {
+pub fn slice(py: Python<'_>, start: isize, stop: isize) -> PyResult<Bound<'_, PySlice>> {
     let (start, stop) = (start.into_pyobject(py)?, stop.into_pyobject(py)?);
     // SAFETY: two live ints and a null step (None); the result is a new reference or null with
     // an exception set, and a slice when not null.
