@@ -487,6 +487,8 @@ impl DatagramTransport {
             .schedule(py, Owner::Datagram(slf.clone().unbind()), IoOp::Start(waiter))
     }
 
+    /// Sends the datagram `data` to `addr` (to the connected peer when `addr` is None); queued
+    /// if the socket cannot take it now.
     #[pyo3(signature = (data, addr=None))]
     fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
@@ -551,6 +553,8 @@ impl DatagramTransport {
         Ok(())
     }
 
+    /// Closes the transport: what is queued is sent first, then the protocol's
+    /// `connection_lost(None)` is called.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -574,6 +578,8 @@ impl DatagramTransport {
         Ok(())
     }
 
+    /// Closes the transport at once, dropping what is queued; the protocol's
+    /// `connection_lost(None)` is called.
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::force_close(slf, None)
     }
@@ -583,24 +589,29 @@ impl DatagramTransport {
         Self::force_close(slf, exc.filter(|e| !e.is_none(slf.py())))
     }
 
+    /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.closing)
     }
 
+    /// Whether received data is delivered to the protocol (reading is not paused).
     fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.is_reading())
     }
 
+    /// Stops delivering received data to the protocol until `resume_reading()`.
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
         self.state.with(py, |s| s.paused |= s.is_reading())?;
         self.sync_interest(py)
     }
 
+    /// Delivers received data to the protocol again.
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
         self.state.with(py, |s| s.paused &= s.closing)?;
         self.sync_interest(py)
     }
 
+    /// Makes `protocol` the transport's protocol.
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = protocol.py();
         let old = self.state.with(py, |s| {
@@ -611,18 +622,23 @@ impl DatagramTransport {
         Ok(())
     }
 
+    /// The transport's protocol.
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.protocol(py)
     }
 
+    /// The size of what is queued to be written.
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
         self.state.with(py, |s| s.buffer_size)
     }
 
+    /// `(low, high)`: the write buffer's water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
         self.state.with(py, |s| (s.flow.low, s.flow.high))
     }
 
+    /// Sets the write buffer's water marks: the protocol's `pause_writing()` is called when the
+    /// queue grows above `high`, `resume_writing()` when it drains to `low` or below.
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(
         slf: &Bound<'_, Self>,

@@ -346,10 +346,12 @@ impl ReadPipeTransport {
         this.common.lp().schedule(py, Self::owner(slf), IoOp::Start(waiter))
     }
 
+    /// Whether received data is delivered to the protocol (reading is not paused).
     fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.is_reading())
     }
 
+    /// Stops delivering received data to the protocol until `resume_reading()`.
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -367,6 +369,7 @@ impl ReadPipeTransport {
         Ok(())
     }
 
+    /// Delivers received data to the protocol again.
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -384,6 +387,7 @@ impl ReadPipeTransport {
         Ok(())
     }
 
+    /// Makes `protocol` the transport's protocol.
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let old = self
             .state
@@ -392,6 +396,7 @@ impl ReadPipeTransport {
         Ok(())
     }
 
+    /// The transport's protocol.
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.protocol(py)
     }
@@ -402,10 +407,13 @@ impl ReadPipeTransport {
         self.common.extra(py)
     }
 
+    /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.closing)
     }
 
+    /// Closes the transport: what is queued is sent first, then the protocol's
+    /// `connection_lost(None)` is called.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         if slf.get().state.with(slf.py(), |s| s.closing)? {
             return Ok(());
@@ -675,6 +683,8 @@ impl WritePipeTransport {
         this.common.lp().schedule(py, Self::owner(slf), IoOp::Start(waiter))
     }
 
+    /// Writes `data` (a bytes-like object): sent at once if the peer can take it, else queued and
+    /// sent as it can; never blocks.
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -731,16 +741,19 @@ impl WritePipeTransport {
         Self::maybe_pause_protocol(slf)
     }
 
+    /// Writes the bytes-like objects of `list_of_data`, in order.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let data = PyBytes::new(slf.py(), &[]).call_method1("join", (list_of_data,))?;
         Self::write(slf, &data)
     }
 
+    /// Whether `write_eof()` is possible on this transport.
     #[allow(clippy::unused_self)] // an instance method in asyncio's API
     fn can_write_eof(&self) -> bool {
         true
     }
 
+    /// Closes the write end once the queued data is sent; reading goes on.
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -761,6 +774,8 @@ impl WritePipeTransport {
         Ok(())
     }
 
+    /// Closes the transport: what is queued is sent first, then the protocol's
+    /// `connection_lost(None)` is called.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         if slf.get().state.with(slf.py(), |s| s.pipe.is_some() && !s.closing)? {
             Self::write_eof(slf)?;
@@ -768,6 +783,8 @@ impl WritePipeTransport {
         Ok(())
     }
 
+    /// Closes the transport at once, dropping what is queued; the protocol's
+    /// `connection_lost(None)` is called.
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::close_with(slf, None)
     }
@@ -778,10 +795,12 @@ impl WritePipeTransport {
         Self::close_with(slf, exc)
     }
 
+    /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.closing)
     }
 
+    /// Makes `protocol` the transport's protocol.
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let old = self
             .state
@@ -790,6 +809,7 @@ impl WritePipeTransport {
         Ok(())
     }
 
+    /// The transport's protocol.
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.protocol(py)
     }
@@ -800,14 +820,18 @@ impl WritePipeTransport {
         self.common.extra(py)
     }
 
+    /// The size of what is queued to be written.
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
         self.state.with(py, |s| s.writes.len())
     }
 
+    /// `(low, high)`: the write buffer's water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
         self.state.with(py, |s| (s.flow.low, s.flow.high))
     }
 
+    /// Sets the write buffer's water marks: the protocol's `pause_writing()` is called when the
+    /// queue grows above `high`, `resume_writing()` when it drains to `low` or below.
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(
         slf: &Bound<'_, Self>,

@@ -873,6 +873,8 @@ impl StreamTransport {
             .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::Start(waiter))
     }
 
+    /// Writes `data` (a bytes-like object): sent at once if the peer can take it, else queued and
+    /// sent as it can; never blocks.
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -975,6 +977,7 @@ impl StreamTransport {
         Self::write(slf, &data)
     }
 
+    /// Closes the write end once the queued data is sent; reading goes on.
     fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
         let shutdown = self.state.with(py, |s| {
             if s.closing || s.eof {
@@ -989,11 +992,14 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// Whether `write_eof()` is possible on this transport.
     #[allow(clippy::unused_self)] // an instance method in asyncio's API
     fn can_write_eof(&self) -> bool {
         true
     }
 
+    /// Closes the transport: what is queued is sent first, then the protocol's
+    /// `connection_lost(None)` is called.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -1018,6 +1024,8 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// Closes the transport at once, dropping what is queued; the protocol's
+    /// `connection_lost(None)` is called.
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::force_close(slf, None)
     }
@@ -1027,14 +1035,17 @@ impl StreamTransport {
         Self::force_close(slf, exc.filter(|e| !e.is_none(slf.py())))
     }
 
+    /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.closing)
     }
 
+    /// Whether received data is delivered to the protocol (reading is not paused).
     fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.is_reading())
     }
 
+    /// Stops delivering received data to the protocol until `resume_reading()`.
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -1052,6 +1063,7 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// Delivers received data to the protocol again.
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -1069,6 +1081,7 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// Makes `protocol` the transport's protocol.
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = protocol.py();
         let proto = make_proto(protocol)?;
@@ -1080,18 +1093,23 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// The transport's protocol.
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.protocol(py)
     }
 
+    /// The size of what is queued to be written.
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
         self.state.with(py, |s| s.buffer_size())
     }
 
+    /// `(low, high)`: the write buffer's water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
         self.state.with(py, |s| (s.flow.low, s.flow.high))
     }
 
+    /// Sets the write buffer's water marks: the protocol's `pause_writing()` is called when the
+    /// queue grows above `high`, `resume_writing()` when it drains to `low` or below.
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(
         slf: &Bound<'_, Self>,

@@ -294,6 +294,7 @@ impl TlsProtocol {
         Ok(())
     }
 
+    /// The transport below is connected: the TLS handshake starts.
     fn connection_made(slf: &Bound<'_, Self>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
         let old = slf
             .get()
@@ -302,6 +303,7 @@ impl TlsProtocol {
         Self::start_handshake(slf)
     }
 
+    /// The transport below is closed.
     #[pyo3(signature = (exc))]
     fn connection_lost(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
@@ -358,6 +360,7 @@ impl TlsProtocol {
         Ok(view)
     }
 
+    /// `nbytes` of ciphertext were received into the buffer `get_buffer` gave.
     fn buffer_updated(slf: &Bound<'_, Self>, nbytes: usize) -> PyResult<()> {
         let py = slf.py();
         let buffer = slf.get().with(py, |s| s.buffer.as_ref().map(|b| b.clone_ref(py)))?;
@@ -368,10 +371,12 @@ impl TlsProtocol {
         Self::feed(slf, &data)
     }
 
+    /// Ciphertext was received.
     fn data_received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         Self::feed(slf, data)
     }
 
+    /// The transport below received the peer's EOF.
     fn eof_received(slf: &Bound<'_, Self>) -> PyResult<Option<bool>> {
         let py = slf.py();
         let this = slf.get();
@@ -421,6 +426,7 @@ impl TlsProtocol {
         Ok(())
     }
 
+    /// The transport below can take more data.
     fn resume_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
         let was = slf
             .get()

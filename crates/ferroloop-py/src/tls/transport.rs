@@ -64,6 +64,8 @@ impl TlsTransport {
         }
     }
 
+    /// Information about the connection by name (`peername`, `sockname`, `socket`,
+    /// `sslcontext`, `ssl_object`, `peercert`, `cipher`, `compression`), or `default`.
     #[pyo3(signature = (name, default=None))]
     fn get_extra_info(
         &self,
@@ -74,6 +76,7 @@ impl TlsTransport {
         self.protocol(py)?.get().get_extra(py, name, default)
     }
 
+    /// Makes `protocol` the transport's protocol.
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let app = App::new(protocol)?;
         let old = self.protocol(py)?.get().with(py, |s| s.app.replace(app))?;
@@ -81,10 +84,12 @@ impl TlsTransport {
         Ok(())
     }
 
+    /// The transport's protocol.
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.protocol(py)?.get().app_protocol(py)
     }
 
+    /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
         if self.side.with(py, |s| s.closed)? {
             return Ok(true);
@@ -99,6 +104,8 @@ impl TlsTransport {
         }
     }
 
+    /// Closes the transport: what is queued is sent first, then the protocol's
+    /// `connection_lost(None)` is called.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let first = self.side.with(py, |s| !std::mem::replace(&mut s.closed, true))?;
         if first {
@@ -110,14 +117,17 @@ impl TlsTransport {
         }
     }
 
+    /// Whether received data is delivered to the protocol (reading is not paused).
     fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
         self.protocol(py)?.get().with(py, |s| !s.app_reading_paused)
     }
 
+    /// Stops delivering received data to the protocol until `resume_reading()`.
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
         self.protocol(py)?.get().with(py, |s| s.app_reading_paused = true)
     }
 
+    /// Delivers received data to the protocol again.
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
         let protocol = self.protocol(py)?;
         let resumed = protocol
@@ -131,6 +141,8 @@ impl TlsTransport {
         Ok(())
     }
 
+    /// Sets the write buffer's water marks: the protocol's `pause_writing()` is called when the
+    /// queue grows above `high`, `resume_writing()` when it drains to `low` or below.
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(
         &self,
@@ -147,14 +159,17 @@ impl TlsTransport {
         TlsProtocol::control_app_writing(&protocol, false)
     }
 
+    /// `(low, high)`: the write buffer's water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
         self.protocol(py)?.get().with(py, |s| (s.outgoing_low, s.outgoing_high))
     }
 
+    /// The size of what is queued to be written.
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
         self.protocol(py)?.get().get_write_buffer_size(py)
     }
 
+    /// Sets the water marks of the TLS read buffer.
     #[pyo3(signature = (high=None, low=None))]
     fn set_read_buffer_limits(
         &self,
@@ -171,10 +186,12 @@ impl TlsTransport {
         TlsProtocol::control_ssl_reading(&protocol, None)
     }
 
+    /// `(low, high)`: the TLS read buffer's water marks.
     fn get_read_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
         self.protocol(py)?.get().with(py, |s| (s.incoming_low, s.incoming_high))
     }
 
+    /// The size of the decrypted data not yet given to the protocol.
     fn get_read_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
         self.protocol(py)?.get().incoming_pending(py)
     }
@@ -185,6 +202,8 @@ impl TlsTransport {
         self.protocol(py)?.get().with(py, |s| s.app_writing_paused)
     }
 
+    /// Writes `data` (a bytes-like object): sent at once if the peer can take it, else queued and
+    /// sent as it can; never blocks.
     fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         if !(data.is_instance_of::<PyBytes>()
             || data.is_instance_of::<PyByteArray>()
@@ -201,20 +220,25 @@ impl TlsTransport {
         TlsProtocol::write_appdata(&self.protocol(py)?, [Ok(data.clone())])
     }
 
+    /// Writes the bytes-like objects of `list_of_data`, in order.
     fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         TlsProtocol::write_appdata(&self.protocol(py)?, list_of_data.try_iter()?)
     }
 
+    /// Closes the write end once the queued data is sent; reading goes on.
     #[allow(clippy::unused_self)] // asyncio's API
     fn write_eof(&self) -> PyResult<()> {
         Err(PyNotImplementedError::new_err(()))
     }
 
+    /// Whether `write_eof()` is possible on this transport.
     #[allow(clippy::unused_self)] // asyncio's API
     fn can_write_eof(&self) -> bool {
         false
     }
 
+    /// Closes the transport at once, dropping what is queued; the protocol's
+    /// `connection_lost(None)` is called.
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
         self.set_closed(py)?;
         let protocol = self.side.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?;
