@@ -10,25 +10,11 @@ import ssl
 import sys
 
 import ferroloop
+from ferroloop.bench.echo import EchoProtocol as Echo
+from ferroloop.bench.udp_echo import EchoDatagramProtocol as UdpEcho
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CERTS = os.path.join(HERE, "..", "tests", "tls")
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
-
-
-class UdpEcho(asyncio.DatagramProtocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def datagram_received(self, data, addr):
-        self.transport.sendto(data, addr)
 
 
 async def echo_through(reader, writer, payload):

@@ -41,24 +41,22 @@ class _SlowProtocol(asyncio.Protocol):
         return None
 
 
-async def _slow_stream(loop):
-    a, b = socket.socketpair()
+async def _slow_socket(loop, kind, create):
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
     with b:
-        transport, proto = await loop.create_connection(lambda: _SlowProtocol(loop), sock=a)
+        transport, proto = await create(lambda: _SlowProtocol(loop), sock=a)
         b.send(b"x")
         await proto.got
         transport.close()
         await asyncio.sleep(0)
+
+
+async def _slow_stream(loop):
+    await _slow_socket(loop, socket.SOCK_STREAM, loop.create_connection)
 
 
 async def _slow_datagram(loop):
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with b:
-        transport, proto = await loop.create_datagram_endpoint(lambda: _SlowProtocol(loop), sock=a)
-        b.send(b"x")
-        await proto.got
-        transport.close()
-        await asyncio.sleep(0)
+    await _slow_socket(loop, socket.SOCK_DGRAM, loop.create_datagram_endpoint)
 
 
 async def _slow_pipe(loop):

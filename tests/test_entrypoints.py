@@ -172,44 +172,38 @@ print(json.dumps({"path0": sys.path[0], "value": asyncio.run(main())}))
 """
 
 
+def _last_json_lines(cwd, *argvs):
+    """The JSON object each `python *argv` (run in `cwd`) prints last, in order."""
+    reports = []
+    for argv in argvs:
+        result = subprocess.run(
+            [sys.executable, *argv],
+            cwd=cwd,
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return reports
+
+
 def test_python_dash_m_script_imports_its_neighbours(ferroloop, tmp_path):
     # As `python other/script.py`: sys.path[0] is the script's folder, not the working directory.
     folder = tmp_path / "app"
     folder.mkdir()
     (folder / "script.py").write_text(NEIGHBOUR_SCRIPT)
     (folder / "neighbour.py").write_text("VALUE = 'from the neighbour'\n")
-    reports = []
-    for argv in (["app/script.py"], ["-m", "ferroloop", "app/script.py"]):
-        result = subprocess.run(
-            [sys.executable, *argv],
-            cwd=tmp_path,
-            env=python_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        reports.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    reports = _last_json_lines(tmp_path, ["app/script.py"], ["-m", "ferroloop", "app/script.py"])
     assert reports[0] == reports[1] == {"path0": str(folder), "value": "from the neighbour"}
 
 
 def test_python_dash_m_module_imports_from_the_working_directory(ferroloop, tmp_path):
     (tmp_path / "mainmod.py").write_text(NEIGHBOUR_SCRIPT)
     (tmp_path / "neighbour.py").write_text("VALUE = 'from the working directory'\n")
-    reports = []
-    for argv in (["-m", "mainmod"], ["-m", "ferroloop", "-m", "mainmod"]):
-        result = subprocess.run(
-            [sys.executable, *argv],
-            cwd=tmp_path,
-            env=python_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        reports.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    reports = _last_json_lines(tmp_path, ["-m", "mainmod"], ["-m", "ferroloop", "-m", "mainmod"])
     assert (
         reports[0] == reports[1] == {"path0": str(tmp_path), "value": "from the working directory"}
     )

@@ -184,7 +184,7 @@ pub fn write_buffer_limits(
     high: Option<&Bound<'_, PyAny>>,
     low: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(usize, usize)> {
-    given_limits(high, low, DEFAULT_HIGH_WATER as i64)
+    given_limits(high, low, DEFAULT_HIGH_WATER)
 }
 
 /// `set_write_buffer_limits(high, low)` (and TLS's `set_read_buffer_limits`) as asyncio takes
@@ -194,26 +194,17 @@ pub fn write_buffer_limits(
 pub fn given_limits(
     high: Option<&Bound<'_, PyAny>>,
     low: Option<&Bound<'_, PyAny>>,
-    default_high: i64,
+    default_high: usize,
 ) -> PyResult<(usize, usize)> {
     let Some(py) = high.or(low).map(Bound::py) else {
-        return flow_limits(None, None, default_high);
+        return Ok(default_limits(default_high));
     };
     glue::helper(py, "flow_limits")?
         .call1((high, low, default_high))?
         .extract()
 }
 
-/// asyncio's water-mark defaults and validation (`add_flowcontrol_defaults`), with
-/// `default_high` for the high-water mark when neither is given: `(high, low)`.
-pub fn flow_limits(high: Option<i64>, low: Option<i64>, default_high: i64) -> PyResult<(usize, usize)> {
-    let high = high.unwrap_or_else(|| low.map_or(default_high, |l| 4 * l));
-    // Floor division, as Python's `high // 4` (it matters for negative values).
-    let low = low.unwrap_or(high.div_euclid(4));
-    if !(high >= low && low >= 0) {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "high ({high}) must be >= low ({low}) must be >= 0"
-        )));
-    }
-    Ok((high as usize, low as usize))
+/// The water marks when none are given: `(default_high, default_high / 4)`, as asyncio's.
+pub fn default_limits(default_high: usize) -> (usize, usize) {
+    (default_high, default_high / 4)
 }

@@ -491,10 +491,7 @@ impl StreamTransport {
     ) -> PyResult<()> {
         let py = slf.py();
         if attempt.conn_lost > 0 {
-            if attempt.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                glue::helper(py, "log_warning")?.call1(("socket.send() raised exception.",))?;
-            }
-            return slf.get().state.with(py, |s| s.conn_lost += 1);
+            return Self::write_after_loss(slf, attempt.conn_lost);
         }
         if !attempt.queued {
             return Self::fatal_error(slf, &not_contiguous(), "Fatal write error on socket transport");
@@ -510,6 +507,15 @@ impl StreamTransport {
             s.refused = true;
         })?;
         Self::maybe_pause_protocol(slf)
+    }
+
+    /// A write to a lost connection is dropped and counted; asyncio warns from the fifth on.
+    fn write_after_loss(slf: &Bound<'_, Self>, conn_lost: u32) -> PyResult<()> {
+        let py = slf.py();
+        if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+            glue::helper(py, "log_warning")?.call1(("socket.send() raised exception.",))?;
+        }
+        slf.get().state.with(py, |s| s.conn_lost += 1)
     }
 
     /// The flush of a queue holding a refused memoryview (see `write_not_contiguous`).
@@ -924,12 +930,7 @@ impl StreamTransport {
         };
         match outcome {
             Sent::Nothing | Sent::All => Ok(()),
-            Sent::Lost => {
-                if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                    glue::helper(py, "log_warning")?.call1(("socket.send() raised exception.",))?;
-                }
-                this.state.with(py, |s| s.conn_lost += 1)
-            }
+            Sent::Lost => Self::write_after_loss(slf, conn_lost),
             Sent::Failed(e) => {
                 let e = this
                     .state

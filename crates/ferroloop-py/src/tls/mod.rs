@@ -34,7 +34,7 @@ use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
 use crate::glue;
 use crate::stream::MAX_READ;
-use crate::transport::flow_limits;
+use crate::transport::default_limits;
 
 mod machine;
 mod transport;
@@ -44,8 +44,8 @@ use machine::cancel;
 pub use transport::TlsTransport;
 
 /// asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_READ` and `_WRITE`, in bytes.
-const HIGH_WATER_SSL_READ: i64 = 256 * 1024;
-const HIGH_WATER_SSL_WRITE: i64 = 512 * 1024;
+const HIGH_WATER_SSL_READ: usize = 256 * 1024;
+const HIGH_WATER_SSL_WRITE: usize = 512 * 1024;
 
 /// asyncio's `SSLProtocolState`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -239,8 +239,8 @@ impl TlsProtocol {
         let py = loop_.py();
         let extra = PyDict::new(py);
         extra.set_item("sslcontext", sslcontext)?;
-        let (incoming_high, incoming_low) = flow_limits(None, None, HIGH_WATER_SSL_READ)?;
-        let (outgoing_high, outgoing_low) = flow_limits(None, None, HIGH_WATER_SSL_WRITE)?;
+        let (incoming_high, incoming_low) = default_limits(HIGH_WATER_SSL_READ);
+        let (outgoing_high, outgoing_low) = default_limits(HIGH_WATER_SSL_WRITE);
         Ok(TlsProtocol {
             loop_: loop_.clone().unbind(),
             incoming_write: incoming.getattr("write")?.unbind(),
