@@ -34,6 +34,8 @@
 //! assert_eq!(timers.pop_due(7), Some("a"));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod clock;
 pub mod driver;
 pub mod ready;

@@ -21,11 +21,13 @@ impl<H> Default for ReadyQueue<H> {
 }
 
 impl<H> ReadyQueue<H> {
+    /// An empty queue, with room for 64 items before it grows.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Queues `item` at the back. Pushed while a pass runs, it runs in the next pass.
     #[inline]
     pub fn push(&mut self, item: H) {
         self.queue.push_back(item);
@@ -37,16 +39,19 @@ impl<H> ReadyQueue<H> {
         self.queue.len()
     }
 
+    /// Takes the oldest item. Call it at most [`ReadyQueue::begin_pass`] times per pass.
     #[inline]
     pub fn pop(&mut self) -> Option<H> {
         self.queue.pop_front()
     }
 
+    /// True if nothing is queued: the loop may block in its next wait.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
+    /// How many items are queued.
     #[must_use]
     pub fn len(&self) -> usize {
         self.queue.len()

@@ -17,13 +17,18 @@ use crate::driver::{Driver, Interest};
 /// One registered fd and the caller's data for it.
 #[derive(Debug)]
 pub struct Source<S> {
+    /// The fd, as the caller registered it. The caller keeps it open until the source is removed.
     pub fd: RawFd,
     /// What the driver currently watches this fd for.
     interest: Interest,
+    /// The caller's state for the fd (in the binding: its `add_reader`/`add_writer` callbacks and
+    /// the transport that owns it).
     pub data: S,
 }
 
 impl<S> Source<S> {
+    /// What the driver currently watches the fd for; changed only through
+    /// [`Sources::set_interest`].
     #[must_use]
     pub fn interest(&self) -> Interest {
         self.interest
@@ -47,22 +52,27 @@ impl<S> Default for Sources<S> {
 }
 
 impl<S> Sources<S> {
+    /// No sources.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The token `fd` was inserted under, if it is registered.
     #[must_use]
     pub fn token_of(&self, fd: RawFd) -> Option<usize> {
         self.by_fd.get(&fd).copied()
     }
 
+    /// The source a driver event's token names; `None` once it was removed.
     #[inline]
     #[must_use]
     pub fn get(&self, token: usize) -> Option<&Source<S>> {
         self.slab.get(token)
     }
 
+    /// The source a token names, to change its data. Its interest changes only through
+    /// [`Sources::set_interest`].
     #[inline]
     pub fn get_mut(&mut self, token: usize) -> Option<&mut Source<S>> {
         self.slab.get_mut(token)
@@ -115,11 +125,13 @@ impl<S> Sources<S> {
         Some(src.data)
     }
 
+    /// How many fds are registered, watched or not.
     #[must_use]
     pub fn len(&self) -> usize {
         self.slab.len()
     }
 
+    /// True if no fd is registered.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()

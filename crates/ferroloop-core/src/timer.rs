@@ -82,6 +82,7 @@ impl<T> Default for TimerQueue<T> {
 }
 
 impl<T> TimerQueue<T> {
+    /// An empty queue.
     #[must_use]
     pub fn new() -> Self {
         TimerQueue {
@@ -177,11 +178,13 @@ impl<T> TimerQueue<T> {
         dropped
     }
 
+    /// How many entries are scheduled, cancelled ones not yet dropped included.
     #[must_use]
     pub fn len(&self) -> usize {
         self.run.len() + self.heap.len()
     }
 
+    /// True if no entry is scheduled, cancelled or not.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.run.is_empty() && self.heap.is_empty()

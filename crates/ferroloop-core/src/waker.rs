@@ -16,6 +16,7 @@ pub struct Waker {
 }
 
 impl Waker {
+    /// A waker over a new non-blocking, close-on-exec eventfd, not yet watched by any driver.
     pub fn new() -> io::Result<Waker> {
         let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         Ok(Waker {
@@ -52,6 +53,7 @@ impl Waker {
         self.pending.store(false, Ordering::Release);
     }
 
+    /// The eventfd, for the driver to watch for readability. It stays open as long as the waker.
     #[must_use]
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

@@ -33,6 +33,7 @@ impl<B> Default for WriteQueue<B> {
 }
 
 impl<B: AsRef<[u8]>> WriteQueue<B> {
+    /// An empty queue.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
@@ -60,6 +61,7 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
         self.len
     }
 
+    /// True if every queued byte was sent.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use ferroloop_core::driver::{Backend, Driver, Event, Interest};
 use ferroloop_core::sources::Sources;
+use rustix::io::Errno;
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
-const EBADF: i32 = 9;
-const EEXIST: i32 = 17;
-const EPERM: i32 = 1;
+const EBADF: i32 = Errno::BADF.raw_os_error();
+const EEXIST: i32 = Errno::EXIST.raw_os_error();
+const EPERM: i32 = Errno::PERM.raw_os_error();
 
 fn backends() -> Vec<Backend> {
     let all = Backend::available();

@@ -23,6 +23,7 @@ use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
+use rustix::param::page_size;
 
 use super::BufRef;
 
@@ -33,8 +34,8 @@ pub const BUF_SIZE: usize = 64 * 1024;
 /// The buffer group id the receives name.
 pub const GROUP: u16 = 0;
 
-const PAGE: usize = 4096;
-
+/// The ring of buffer descriptors and the buffers it hands the kernel (see the module docs). It must
+/// stay allocated while the kernel may use it: until it is unregistered or the ring closed.
 pub struct BufRing {
     ring: *mut BufRingEntry,
     mem: *mut u8,
@@ -60,12 +61,15 @@ struct Use {
 // under its state lock.
 unsafe impl Send for BufRing {}
 
+/// Page-aligned: the kernel refuses a ring that is not, and a page is not 4 KiB everywhere (64 KiB
+/// on some arm64 and ppc64 kernels).
 fn ring_layout() -> Layout {
-    Layout::from_size_align(usize::from(ENTRIES) * std::mem::size_of::<BufRingEntry>(), PAGE).expect("valid layout")
+    Layout::from_size_align(usize::from(ENTRIES) * std::mem::size_of::<BufRingEntry>(), page_size())
+        .expect("valid layout")
 }
 
 fn mem_layout() -> Layout {
-    Layout::from_size_align(usize::from(ENTRIES) * BUF_SIZE, PAGE).expect("valid layout")
+    Layout::from_size_align(usize::from(ENTRIES) * BUF_SIZE, page_size()).expect("valid layout")
 }
 
 impl BufRing {
@@ -109,6 +113,7 @@ impl BufRing {
         self.incremental = incremental;
     }
 
+    /// Whether the ring was registered for incremental consumption.
     pub fn incremental(&self) -> bool {
         self.incremental
     }

@@ -19,6 +19,7 @@ const MAX_EVENTS: usize = 256;
 /// The longest wait `epoll_wait` takes (`i32::MAX` milliseconds); longer waits are cut to it.
 const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
+/// An epoll fd with the waker's eventfd registered under `WAKER_TOKEN`.
 #[derive(Debug)]
 pub struct Epoll {
     epfd: OwnedFd,
@@ -37,6 +38,7 @@ fn flags(interest: Interest) -> EventFlags {
 }
 
 impl Epoll {
+    /// A new close-on-exec epoll fd, with a new waker registered.
     pub fn new() -> io::Result<Epoll> {
         let epfd = epoll::create(CreateFlags::CLOEXEC)?;
         let waker = Arc::new(Waker::new()?);
@@ -44,6 +46,7 @@ impl Epoll {
         Ok(Epoll { epfd, waker })
     }
 
+    /// [`Driver::add`](super::Driver::add) on this backend.
     pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         epoll::add(
             &self.epfd,
@@ -54,6 +57,8 @@ impl Epoll {
         Ok(())
     }
 
+    /// [`Driver::modify`](super::Driver::modify) on this backend; an fd epoll forgot (closed and
+    /// its number reused) is added again.
     pub fn modify(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         let data = EventData::new_u64(token as u64);
         match epoll::modify(&self.epfd, borrow(fd)?, data, flags(interest)) {
@@ -65,6 +70,7 @@ impl Epoll {
         Ok(())
     }
 
+    /// [`Driver::delete`](super::Driver::delete) on this backend.
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         match epoll::delete(&self.epfd, borrow(fd)?) {
             Ok(()) | Err(Errno::NOENT | Errno::BADF) => Ok(()),
@@ -72,6 +78,7 @@ impl Epoll {
         }
     }
 
+    /// [`Driver::wait`](super::Driver::wait) on this backend, appending what is ready to `out`.
     pub fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         // NOTE: without epoll_pwait2, rustix passes milliseconds as a C int: cap the wait there.
         let ts = super::timespec(timeout.map(|d| d.min(MAX_TIMEOUT)));
@@ -100,10 +107,12 @@ impl Epoll {
         Ok(())
     }
 
+    /// The waker registered with this driver.
     pub fn waker(&self) -> &Arc<Waker> {
         &self.waker
     }
 
+    /// The epoll fd itself.
     #[allow(dead_code)]
     pub fn raw_fd(&self) -> RawFd {
         self.epfd.as_raw_fd()

@@ -103,28 +103,36 @@ impl FromStr for Backend {
 /// What a registration waits for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Interest {
+    /// Report the fd when it is readable (or has an error or hang-up).
     pub readable: bool,
+    /// Report the fd when it is writable (or has an error or hang-up).
     pub writable: bool,
 }
 
 impl Interest {
+    /// Nothing: the fd is not watched ([`Sources::set_interest`](crate::sources::Sources::set_interest)
+    /// deletes it from the driver).
     pub const NONE: Interest = Interest {
         readable: false,
         writable: false,
     };
+    /// Readability only (`add_reader`).
     pub const READABLE: Interest = Interest {
         readable: true,
         writable: false,
     };
+    /// Writability only (`add_writer`).
     pub const WRITABLE: Interest = Interest {
         readable: false,
         writable: true,
     };
+    /// Readability and writability.
     pub const BOTH: Interest = Interest {
         readable: true,
         writable: true,
     };
 
+    /// True if neither readability nor writability is asked for.
     #[must_use]
     pub fn is_none(self) -> bool {
         !self.readable && !self.writable
@@ -134,8 +142,11 @@ impl Interest {
 /// One readiness report: the token given at registration and what the fd is ready for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
+    /// The token the fd was added or last modified with.
     pub token: usize,
+    /// The fd is readable, or has an error or hang-up (a read will say which).
     pub readable: bool,
+    /// The fd is writable, or has an error or hang-up (a write will say which).
     pub writable: bool,
 }
 
@@ -160,7 +171,9 @@ pub struct Completion {
 /// of it was given back, in whatever order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BufRef {
+    /// The buffer's id in the driver's provided-buffer ring.
     pub bid: u16,
+    /// Where in that buffer this completion's data starts (0 without incremental consumption).
     pub offset: u32,
 }
 
@@ -168,10 +181,13 @@ pub struct BufRef {
 /// another thread is blocked in [`Driver::wait`].
 #[derive(Debug)]
 pub enum Driver {
+    /// [`Backend::Epoll`].
     Epoll(epoll::Epoll),
+    /// [`Backend::Poll`].
     Poll(poll::Poll),
+    /// [`Backend::Select`].
     Select(select::Select),
-    /// Boxed: the ring's state is much larger than the other drivers'.
+    /// [`Backend::IoUring`]. Boxed: the ring's state is much larger than the other drivers'.
     #[cfg(target_os = "linux")]
     IoUring(Box<uring::Uring>),
 }
@@ -193,6 +209,7 @@ impl Driver {
         }
     }
 
+    /// The backend this driver was created with.
     #[must_use]
     pub fn backend(&self) -> Backend {
         match self {

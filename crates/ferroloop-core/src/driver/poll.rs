@@ -39,6 +39,7 @@ use crate::waker::Waker;
 /// The slot of the waker in every `pollfd` array; user registrations start after it.
 const WAKER_SLOT: usize = 0;
 
+/// The `poll` driver: the registrations and the waker (see the module docs).
 pub struct Poll {
     table: Mutex<Table>,
     /// The array the current wait polls. Held for the whole wait; a second concurrent wait finds
@@ -70,6 +71,7 @@ fn flags(interest: Interest) -> PollFlags {
 }
 
 impl Poll {
+    /// A driver with nothing registered but a new waker.
     pub fn new() -> io::Result<Poll> {
         let waker = Arc::new(Waker::new()?);
         // SAFETY: the waker's eventfd stays open as long as `waker`, which this driver owns; the
@@ -103,6 +105,8 @@ impl Poll {
         }
     }
 
+    /// [`Driver::add`](super::Driver::add) on this backend. Takes effect at the next wait; a wait in
+    /// progress is woken.
     pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         check_open(fd)?;
         let mut table = self.lock();
@@ -114,6 +118,8 @@ impl Poll {
         Ok(())
     }
 
+    /// [`Driver::modify`](super::Driver::modify) on this backend; an fd not added is added. Takes
+    /// effect at the next wait; a wait in progress is woken.
     pub fn modify(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         check_open(fd)?;
         let mut table = self.lock();
@@ -129,6 +135,7 @@ impl Poll {
         Ok(())
     }
 
+    /// [`Driver::delete`](super::Driver::delete) on this backend.
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         borrow(fd)?; // a negative fd is EBADF, as with epoll
         let mut table = self.lock();
@@ -145,6 +152,7 @@ impl Poll {
         Ok(())
     }
 
+    /// [`Driver::wait`](super::Driver::wait) on this backend, appending what is ready to `out`.
     pub fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         let ts = timespec(timeout);
         let mut own = Vec::new();
@@ -186,6 +194,7 @@ impl Poll {
         Ok(())
     }
 
+    /// The waker registered with this driver.
     pub fn waker(&self) -> &Arc<Waker> {
         &self.waker
     }

@@ -39,6 +39,7 @@ use rustix::io::Errno;
 use super::{borrow, check_open, timespec, Event, Interest};
 use crate::waker::Waker;
 
+/// The `select` driver: the registrations, their fd sets and the waker (see the module docs).
 pub struct Select {
     table: Mutex<Table>,
     /// The read and write sets the current wait passes to `select`. Held for the whole wait; a
@@ -104,6 +105,7 @@ impl Sets {
 }
 
 impl Select {
+    /// A driver with nothing registered but a new waker.
     pub fn new() -> io::Result<Select> {
         let waker = Arc::new(Waker::new()?);
         let mut table = Table {
@@ -134,6 +136,8 @@ impl Select {
         }
     }
 
+    /// [`Driver::add`](super::Driver::add) on this backend. Takes effect at the next wait; a wait in
+    /// progress is woken.
     pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         check_open(fd)?;
         let mut table = self.lock();
@@ -146,6 +150,8 @@ impl Select {
         Ok(())
     }
 
+    /// [`Driver::modify`](super::Driver::modify) on this backend; an fd not added is added. Takes
+    /// effect at the next wait; a wait in progress is woken.
     pub fn modify(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         check_open(fd)?;
         // As epoll.rs: an fd unknown here (closed and reused since `add`) is added.
@@ -156,6 +162,7 @@ impl Select {
         Ok(())
     }
 
+    /// [`Driver::delete`](super::Driver::delete) on this backend.
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         borrow(fd)?; // a negative fd is EBADF, as with epoll
         let mut table = self.lock();
@@ -165,6 +172,7 @@ impl Select {
         Ok(())
     }
 
+    /// [`Driver::wait`](super::Driver::wait) on this backend, appending what is ready to `out`.
     pub fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         let ts = timespec(timeout);
         let mut own = Sets::default();
@@ -220,6 +228,7 @@ impl Select {
         Ok(())
     }
 
+    /// The waker registered with this driver.
     pub fn waker(&self) -> &Arc<Waker> {
         &self.waker
     }

@@ -22,7 +22,7 @@
 //! # Implementation
 //!
 //! The submission and completion queues are used only under the [`Mutex`] that guards the
-//! registrations ([`State`], whose [`SqLock`] field is the proof `push` asks for). [`Uring::wait`]
+//! registrations (`State`, whose `SqLock` field is the proof `push` asks for). [`Uring::wait`]
 //! queues the polls to arm under the lock, calls `io_uring_enter` (submit, then wait for one CQE
 //! or the timeout through `IORING_ENTER_EXT_ARG`) with the lock released, and reaps under the lock.
 //!
@@ -63,7 +63,7 @@
 //! [`Uring::send`], [`Uring::cancel`]): their `user_data` is bit 62 plus the caller's tag, and
 //! their CQEs are kept as [`Completion`]s for the caller to take after the wait
 //! ([`Uring::take_completions`]). A multishot receive picks its buffers from a provided-buffer
-//! ring ([`bufring`](super::bufring)), registered on first use; the caller copies the data out
+//! ring (`bufring`), registered on first use; the caller copies the data out
 //! and gives the buffer back ([`Uring::copy_out`], [`Uring::recycle`]). Operations are submitted with the next
 //! wait's `io_uring_enter`, so queueing one costs no syscall; a cancel is submitted at once, so
 //! that the file it holds is released when the caller closes its fd.
@@ -108,6 +108,8 @@ const OP_BIT: u64 = 1 << 62;
 /// Generations use 30 bits, so a registration's `user_data` never has bit 62 or 63 set.
 const GEN_MASK: u32 = 0x3FFF_FFFF;
 
+/// The `io_uring` driver: the ring, the registrations and operations behind its state lock, and the
+/// waker (see the module docs).
 pub struct Uring {
     ring: IoUring,
     state: Mutex<State>,
@@ -224,6 +226,8 @@ fn push(ring: &IoUring, _held: &mut SqLock, sqe: &squeue::Entry) -> io::Result<(
 }
 
 impl Uring {
+    /// A ring with the waker's multishot poll armed, or an error saying why this kernel cannot run
+    /// the driver (see "Probe" in the module docs).
     pub fn new() -> io::Result<Uring> {
         // COOP_TASKRUN (Linux 5.19): completions are processed when the loop next enters the
         // ring (every iteration does), instead of interrupting it wherever it runs. Without it,
@@ -312,6 +316,8 @@ impl Uring {
         }
     }
 
+    /// [`Driver::add`](super::Driver::add) on this backend. The poll is armed by the next wait; a
+    /// wait in progress is woken.
     pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         check_open(fd)?; // EBADF now, as epoll_ctl; the poll itself would only fail at the wait
         let mut st = self.lock();
@@ -323,6 +329,8 @@ impl Uring {
         Ok(())
     }
 
+    /// [`Driver::modify`](super::Driver::modify) on this backend; an fd not added is added. Always
+    /// re-arms, even with the same interest, so that a reused fd number is watched.
     pub fn modify(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         check_open(fd)?;
         let mut guard = self.lock();
@@ -347,6 +355,8 @@ impl Uring {
         Ok(())
     }
 
+    /// [`Driver::delete`](super::Driver::delete) on this backend. An armed poll is removed at once:
+    /// it holds the file open.
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         borrow(fd)?; // a negative fd is EBADF, as with epoll
         let mut st = self.lock();
@@ -364,6 +374,9 @@ impl Uring {
         Ok(())
     }
 
+    /// [`Driver::wait`](super::Driver::wait) on this backend: arms the queued polls, waits, and
+    /// appends what is ready to `out`. Operations' completions are kept for
+    /// [`Uring::take_completions`].
     pub fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut timeout = timeout;
@@ -668,6 +681,7 @@ impl Uring {
         }
     }
 
+    /// The waker registered with this driver.
     pub fn waker(&self) -> &Arc<Waker> {
         &self.waker
     }
