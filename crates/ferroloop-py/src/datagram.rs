@@ -157,7 +157,10 @@ impl DatagramTransport {
             },
         };
         match res {
-            Ok(_) => Sent::Done,
+            Ok(n) => {
+                self.lp().stats.wrote(n);
+                Sent::Done
+            }
             Err(Errno::AGAIN | Errno::INTR) => Sent::Blocked,
             // No address on a socket with no peer: let `socket.sendto` say what asyncio says.
             Err(Errno::DESTADDRREQ) if addr.is_none() => self.send_with_python(py, data, &py.None().into_bound(py)),
@@ -350,7 +353,10 @@ impl DatagramTransport {
             // their allocation cannot start a collection that runs finalizers.
             let got = this.lp().with_read_buf(py, |buf| {
                 match rustix::net::recvfrom(fd_of(fd), &mut buf[..], RecvFlags::DONTWAIT) {
-                    Ok((n, _, addr)) => Ok((PyBytes::new(py, &buf[..n]), addr)),
+                    Ok((n, _, addr)) => {
+                        this.lp().stats.read(n);
+                        Ok((PyBytes::new(py, &buf[..n]), addr))
+                    }
                     Err(e) => Err(e),
                 }
             })?;

@@ -36,6 +36,7 @@ use crate::glue::{self, os_error};
 use crate::handle::{Callback, Handle, ThreadSafeHandle, TimerHandle};
 use crate::owner::{IoOp, Owner};
 use crate::sockops;
+use crate::stats::{Gauges, Stats};
 use crate::stream::MAX_READ;
 use crate::tasks;
 use crate::transport::is_exit;
@@ -115,6 +116,8 @@ pub struct LoopCore {
     closed: AtomicBool,
     stopping: AtomicBool,
     debug: AtomicBool,
+    /// What `stats()` reports.
+    pub stats: Stats,
 }
 
 fn closed_error() -> PyErr {
@@ -694,9 +697,12 @@ impl LoopCore {
     /// One loop iteration. Errors are what must stop `run_forever`: `SystemExit`,
     /// `KeyboardInterrupt`, an exception from a signal handler, or a failing wait.
     fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let events = slf.get().wait_for_io(slf.py())?;
-        slf.get().queue_ready(slf.py(), events)?;
-        Self::run_ready(slf)
+        let this = slf.get();
+        let events = this.wait_for_io(slf.py())?;
+        let now = this.queue_ready(slf.py(), events)?;
+        let ran = Self::run_ready(slf);
+        this.stats.end_iteration(now, ran.as_ref().map_or(1, |n| *n));
+        ran.map(drop)
     }
 
     /// Drops cancelled timers, then waits for I/O: not at all if callbacks are ready or the loop
@@ -753,14 +759,20 @@ impl LoopCore {
         if timeout == Some(Duration::ZERO) {
             return Ok(());
         }
-        py.detach(|| driver.wait(events, timeout)).map_err(|e| os_error(&e))
+        let t0 = monotonic_ns();
+        let waited = py.detach(|| driver.wait(events, timeout)).map_err(|e| os_error(&e));
+        self.stats.waited_since(t0);
+        waited
     }
 
     /// Queues the callbacks of ready fds, then the due timers: as asyncio's `_run_once`, those
     /// due before `time() + _clock_resolution` (`end_time`), read after the wait.
-    fn queue_ready(&self, py: Python<'_>, mut events: Vec<Event>) -> PyResult<()> {
+    ///
+    /// Returns the time read after the wait (nanoseconds).
+    fn queue_ready(&self, py: Python<'_>, mut events: Vec<Event>) -> PyResult<u64> {
         // Due means `deadline < end_time`, i.e. `deadline <= end_time - 1` in whole nanoseconds.
-        let last_due = monotonic_ns() + monotonic_resolution_ns() - 1;
+        let now = monotonic_ns();
+        let last_due = now + monotonic_resolution_ns() - 1;
         let stale = self.state.with(py, |s| {
             let mut stale: Vec<Py<Handle>> = Vec::new();
             for ev in events.drain(..) {
@@ -812,14 +824,17 @@ impl LoopCore {
                 }
                 None => Vec::new(),
             };
+            let mut due = 0;
             while let Some(t) = s.timers.pop_due(last_due) {
                 t.get().unschedule();
                 s.ready.push(Ready::Native(t.into_bound(py).into_super().unbind()));
+                due += 1;
             }
+            self.stats.timers.add(due);
             (stale, finished)
         })?;
         drop(stale);
-        Ok(())
+        Ok(now)
     }
 
     /// Debug mode: warns, as asyncio does for a slow handle, when an owner's work that started at
@@ -834,8 +849,9 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Runs what is ready now; what these callbacks schedule runs in the next iteration.
-    fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Runs what is ready now; what these callbacks schedule runs in the next iteration. Returns
+    /// how many were taken from the queue.
+    fn run_ready(slf: &Bound<'_, Self>) -> PyResult<u64> {
         let py = slf.py();
         let this = slf.get();
         let ntodo = this.state.with(py, |s| s.ready.begin_pass())?;
@@ -850,6 +866,7 @@ impl LoopCore {
                     if h.get().is_cancelled() {
                         continue;
                     }
+                    this.stats.callbacks.add(1);
                     if debug {
                         glue::helper(py, "run_handle_debug")?.call1((slf, h))?;
                     } else {
@@ -857,6 +874,7 @@ impl LoopCore {
                     }
                 }
                 Ready::Io(owner, op, context) => {
+                    this.stats.io_events.add(1);
                     // Debug mode times each dispatch as asyncio's `_run_once` times the
                     // transports' `_read_ready` handles; otherwise nothing is done.
                     let started = debug.then(|| (op.method_name(), loop_time()));
@@ -886,6 +904,7 @@ impl LoopCore {
                     if obj.getattr("_cancelled")?.is_truthy()? {
                         continue;
                     }
+                    this.stats.callbacks.add(1);
                     if debug {
                         glue::helper(py, "run_handle_debug")?.call1((slf, obj))?;
                     } else {
@@ -894,7 +913,7 @@ impl LoopCore {
                 }
             }
         }
-        Ok(())
+        Ok(ntodo as u64)
     }
 }
 
@@ -920,6 +939,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),
+            stats: Stats::default(),
         }
     }
 
@@ -1188,6 +1208,7 @@ impl LoopCore {
     /// Runs iterations until `stop()`; `run_forever` in Python sets up around it.
     fn _run_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
+        this.stats.run_started();
         let result = loop {
             if let Err(e) = Self::run_once(slf) {
                 break Err(e);
@@ -1197,6 +1218,7 @@ impl LoopCore {
             }
         };
         this.stopping.store(false, Ordering::Relaxed);
+        this.stats.run_ended();
         result
     }
 
@@ -1244,6 +1266,35 @@ impl LoopCore {
     fn set_debug_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
         self.debug.store(value.is_truthy()?, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A snapshot of what the loop has done and holds: a new dict each call.
+    ///
+    /// Counted since the loop was made: `iterations`; `running`, seconds in `run_forever` (the
+    /// current run included); `io_wait`, seconds of it blocked waiting for I/O (utilisation is
+    /// `1 - io_wait / running`); `callbacks`, handles run (callbacks, timers, task steps,
+    /// `add_reader` callbacks); `timers`, timers that came due; `io_events`, readiness and
+    /// completions handled by ferroloop's transports and servers; `longest_iteration`, the most
+    /// seconds one iteration spent running callbacks, and `longest_iteration_callbacks`, how many
+    /// it ran; `bytes_read`, `bytes_written`, what ferroloop's transports received and sent;
+    /// `accepted`, connections its servers accepted. Held now: `ready`, callbacks waiting to run;
+    /// `scheduled`, timers waiting; `fds`, file descriptors registered; `transports`, those of
+    /// them that ferroloop's transports own; `servers`, its listening sockets accepting now.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let gauges = self.state.with(py, |s| {
+            let transports = s
+                .sources
+                .iter()
+                .filter(|(_, src)| matches!(&src.data.owner, Some(o) if !matches!(o, Owner::Listener(_))))
+                .count();
+            Gauges {
+                ready: s.ready.len(),
+                scheduled: s.timers.len(),
+                fds: s.sources.len(),
+                transports,
+            }
+        })?;
+        self.stats.snapshot(py, &gauges)
     }
 
     /// Counts for tests and introspection: `(ready, timers, fds)`.

@@ -13,6 +13,7 @@ mod pipe;
 mod read;
 mod sockaddr;
 mod sockops;
+mod stats;
 mod stream;
 mod tasks;
 mod tls;

@@ -34,7 +34,7 @@ use crate::transport::{fd_of, in_context, is_exit};
 
 /// Linux's `SOCK_NONBLOCK`, or-ed into the type given to `socket.socket(...)` so that Python
 /// knows the accepted socket is non-blocking without a `setblocking` call.
-const SOCK_NONBLOCK: i64 = 0o4000;
+const SOCK_NONBLOCK: i64 = SocketFlags::NONBLOCK.bits() as i64;
 
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
 pub struct Listener {
@@ -57,6 +57,13 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Starts or stops accepting, keeping the loop's count of servers accepting now.
+    fn set_active(&self, on: bool) {
+        if self.active.swap(on, Ordering::Relaxed) != on {
+            self.loop_.get().stats.servers_changed(on);
+        }
+    }
+
     pub fn wants(&self) -> Interest {
         if self.active.load(Ordering::Relaxed) && !self.completion {
             Interest::READABLE
@@ -122,7 +129,7 @@ impl Listener {
     fn pause(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.active.store(false, Ordering::Relaxed);
+        this.set_active(false);
         if this.completion {
             if let Some(op) = this.accept_op.with(py, |op| *op)? {
                 this.loop_.get().cancel_op(py, op)?;
@@ -222,6 +229,7 @@ impl Listener {
     fn accepted(slf: &Bound<'_, Self>, conn_fd: RawFd, addr: Option<rustix::net::SocketAddrAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        this.loop_.get().stats.accepted.add(1);
         let (family, kind, proto) = this.kind;
         let socket_type = py.import("socket")?.getattr(intern!(py, "socket"))?;
         let kwargs = PyDict::new(py);
@@ -301,7 +309,7 @@ impl Listener {
         if this.loop_.get().is_closed() {
             return Ok(());
         }
-        this.active.store(true, Ordering::Relaxed);
+        this.set_active(true);
         if this.completion {
             // A retry after running out of fds may find the old accept still ending: it is
             // started again when its last completion comes.
@@ -328,7 +336,7 @@ impl Listener {
         if this.completion {
             return Self::pause(slf);
         }
-        this.active.store(false, Ordering::Relaxed);
+        this.set_active(false);
         this.loop_.get().detach_owner(py, this.fd)
     }
 

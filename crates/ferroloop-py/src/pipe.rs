@@ -234,7 +234,10 @@ impl ReadPipeTransport {
             .common
             .lp()
             .with_read_buf(py, |buf| match rustix::io::read(fd_of(fd), &mut buf[..]) {
-                Ok(n) => Ok(PyBytes::new(py, &buf[..n])),
+                Ok(n) => {
+                    this.common.lp().stats.read(n);
+                    Ok(PyBytes::new(py, &buf[..n]))
+                }
                 Err(e) => Err(e),
             })?;
         let data = match read {
@@ -567,7 +570,8 @@ impl WritePipeTransport {
                 this.state.with(py, |s| s.conn_lost += 1)?;
                 Self::fatal_error(slf, &os_error(&e), "Fatal write error on pipe transport")
             }
-            Ok((_, done)) => {
+            Ok((n, done)) => {
+                this.common.lp().stats.wrote(n);
                 drop(done);
                 if !this.state.with(py, |s| s.writes.is_empty())? {
                     return Ok(());
@@ -726,8 +730,13 @@ impl WritePipeTransport {
         let mut sent = 0;
         if !queued {
             match rustix::io::write(fd_of(this.common.fd), chunk.as_bytes()) {
-                Ok(n) if n == size => return Ok(()),
-                Ok(n) => sent = n,
+                Ok(n) => {
+                    this.common.lp().stats.wrote(n);
+                    if n == size {
+                        return Ok(());
+                    }
+                    sent = n;
+                }
                 Err(Errno::AGAIN | Errno::INTR) => {}
                 Err(e) => {
                     this.state.with(py, |s| s.conn_lost += 1)?;

@@ -301,6 +301,7 @@ impl StreamTransport {
         }
         // `None` for the peer's EOF (a receive of 0 bytes, which ends the operation).
         let item = if result > 0 { data } else { None };
+        this.lp().stats.read(usize::try_from(result).unwrap_or(0));
         let direct = this
             .state
             .with(py, |s| s.is_reading() && !s.read_eof && s.ops.held.is_empty())?;

@@ -36,6 +36,7 @@ use crate::event_loop::{copy_context, LoopCore};
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::read;
+use crate::stats::Stats;
 use crate::tls::TlsProtocol;
 
 mod completion;
@@ -369,6 +370,7 @@ impl StreamTransport {
             Err(e) => return Self::fatal_error(slf, &os_error(&e.into()), "Fatal read error on socket transport"),
         };
         let n = data.as_bytes().len();
+        this.lp().stats.read(n);
         this.state.with(py, |s| s.last_read = n)?;
         if n == 0 {
             return Self::on_eof(slf);
@@ -420,7 +422,10 @@ impl StreamTransport {
             Err(err) => return Self::fatal_error(slf, &err, "Fatal error: protocol.get_buffer() call failed."),
         };
         let n = match read {
-            Ok((n, _)) => n,
+            Ok((n, _)) => {
+                this.lp().stats.read(n);
+                n
+            }
             Err(Errno::AGAIN | Errno::INTR) => return Ok(()),
             Err(e) => return Self::fatal_error(slf, &os_error(&e.into()), "Fatal read error on socket transport"),
         };
@@ -486,7 +491,7 @@ impl StreamTransport {
     fn write_not_contiguous(
         slf: &Bound<'_, Self>,
         data: &Bound<'_, PyAny>,
-        attempt: &Attempt,
+        attempt: &Attempt<'_>,
         unit: impl Fn(usize) -> usize,
     ) -> PyResult<()> {
         let py = slf.py();
@@ -558,7 +563,8 @@ impl StreamTransport {
                 Ok(())
             }
             Err(e) => Self::write_failed(slf, &os_error(&e)),
-            Ok((_, done)) => {
+            Ok((n, done)) => {
+                this.lp().stats.wrote(n);
                 if !done.is_empty() {
                     this.state.with(py, |s| s.sent(&done))?;
                 }
@@ -724,8 +730,10 @@ fn reset_not_pipe(e: std::io::Error, completion: bool, fd: RawFd) -> std::io::Er
 }
 
 /// What `write` knows before it touches the data.
-struct Attempt {
+struct Attempt<'a> {
     fd: RawFd,
+    /// The loop's counters (bytes sent at once).
+    stats: &'a Stats,
     conn_lost: u32,
     /// Data is already queued: the new data goes behind it.
     queued: bool,
@@ -743,7 +751,7 @@ enum Sent {
     Failed(Errno),
 }
 
-impl Attempt {
+impl Attempt<'_> {
     /// Tries to send `data` at once if nothing is queued; `keep(sent)` makes the chunk to queue
     /// for the rest. Runs no Python code (the caller may hold `data`'s buffer exported).
     fn send(&self, data: &[u8], keep: impl FnOnce(usize) -> (Chunk, usize)) -> Sent {
@@ -756,8 +764,14 @@ impl Attempt {
         let mut sent = 0;
         if !self.queued {
             match rustix::net::send(fd_of(self.fd), data, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
-                Ok(n) if n == data.len() => return Sent::All,
-                Ok(n) => sent = n,
+                Ok(n) if n == data.len() => {
+                    self.stats.wrote(n);
+                    return Sent::All;
+                }
+                Ok(n) => {
+                    self.stats.wrote(n);
+                    sent = n;
+                }
                 Err(Errno::AGAIN | Errno::INTR) => {}
                 Err(e) => return Sent::Failed(e),
             }
@@ -906,6 +920,7 @@ impl StreamTransport {
         let unit = |nbytes: usize| counted_items.filter(|&n| n < nbytes).map_or(1, |n| nbytes / n);
         let attempt = Attempt {
             fd: this.fd,
+            stats: &this.lp().stats,
             conn_lost,
             queued,
         };

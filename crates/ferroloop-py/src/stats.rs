@@ -1,0 +1,154 @@
+//! `loop.stats()`: what the loop has done, counted as it works.
+//!
+//! The counters are plain integers in Rust (no Python object per event): the loop thread adds to
+//! them with a relaxed load and store, which compiles to ordinary moves, and `stats()` reads them
+//! from any thread. Only the loop thread writes them, so no increment is lost; a reader on another
+//! thread may see a snapshot a few events old.
+//!
+//! Time is counted where the clock is read anyway or where the loop is about to sleep: the
+//! blocking wait is timed around the wait itself, and one clock read per iteration that ran
+//! anything ends the iteration's callback time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferroloop_core::clock::{monotonic_ns, ns_to_secs};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// One counter, written by the loop thread only.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // A single writer: a load and a store, not a locked read-modify-write.
+        self.0
+            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+}
+
+/// The counters of one loop.
+#[derive(Default)]
+pub struct Stats {
+    /// Loop iterations (asyncio's `_run_once`).
+    pub iterations: Counter,
+    /// Handles run: `call_soon`/`call_later` callbacks, task steps, `add_reader` callbacks.
+    pub callbacks: Counter,
+    /// Timers that came due (their handles are among `callbacks`).
+    pub timers: Counter,
+    /// Readiness and completions handed to the Rust transports and servers.
+    pub io_events: Counter,
+    /// Nanoseconds blocked in the I/O wait.
+    pub io_wait_ns: Counter,
+    /// Nanoseconds in `run_forever` before the current run.
+    pub running_ns: Counter,
+    /// When the current run began (0: not running).
+    pub run_started_ns: Counter,
+    /// The longest time one iteration spent running its callbacks, and how many it ran.
+    pub longest_ns: Counter,
+    pub longest_callbacks: Counter,
+    /// Bytes the Rust transports received and sent (TLS: the encrypted bytes).
+    pub bytes_read: Counter,
+    pub bytes_written: Counter,
+    /// Connections the Rust servers accepted.
+    pub accepted: Counter,
+    /// Listening sockets accepting now (a gauge: the listeners say when they start and stop).
+    servers: Counter,
+}
+
+impl Stats {
+    #[inline]
+    pub fn read(&self, n: usize) {
+        self.bytes_read.add(n as u64);
+    }
+
+    #[inline]
+    pub fn wrote(&self, n: usize) {
+        self.bytes_written.add(n as u64);
+    }
+
+    /// A blocking wait that began at `t0` ended now.
+    pub fn waited_since(&self, t0: u64) {
+        self.io_wait_ns.add(monotonic_ns().saturating_sub(t0));
+    }
+
+    /// An iteration ran `ran` callbacks since `t0` (read after its wait).
+    #[inline]
+    pub fn end_iteration(&self, t0: u64, ran: u64) {
+        self.iterations.add(1);
+        if ran == 0 {
+            return;
+        }
+        let dt = monotonic_ns().saturating_sub(t0);
+        if dt > self.longest_ns.get() {
+            self.longest_ns.set(dt);
+            self.longest_callbacks.set(ran);
+        }
+    }
+
+    /// A listener started (`on`) or stopped accepting.
+    pub fn servers_changed(&self, on: bool) {
+        let n = self.servers.get();
+        self.servers.set(if on { n + 1 } else { n.saturating_sub(1) });
+    }
+
+    pub fn run_started(&self) {
+        self.run_started_ns.set(monotonic_ns().max(1));
+    }
+
+    pub fn run_ended(&self) {
+        let t0 = self.run_started_ns.get();
+        if t0 != 0 {
+            self.running_ns.add(monotonic_ns().saturating_sub(t0));
+            self.run_started_ns.set(0);
+        }
+    }
+
+    /// Nanoseconds in `run_forever`, the current run included.
+    fn running_now_ns(&self) -> u64 {
+        let t0 = self.run_started_ns.get();
+        let current = if t0 == 0 { 0 } else { monotonic_ns().saturating_sub(t0) };
+        self.running_ns.get() + current
+    }
+
+    /// The snapshot `loop.stats()` returns; `now` holds the gauges the loop's state answers.
+    pub fn snapshot<'py>(&self, py: Python<'py>, now: &Gauges) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("iterations", self.iterations.get())?;
+        d.set_item("running", ns_to_secs(self.running_now_ns()))?;
+        d.set_item("io_wait", ns_to_secs(self.io_wait_ns.get()))?;
+        d.set_item("callbacks", self.callbacks.get())?;
+        d.set_item("timers", self.timers.get())?;
+        d.set_item("io_events", self.io_events.get())?;
+        d.set_item("longest_iteration", ns_to_secs(self.longest_ns.get()))?;
+        d.set_item("longest_iteration_callbacks", self.longest_callbacks.get())?;
+        d.set_item("ready", now.ready)?;
+        d.set_item("scheduled", now.scheduled)?;
+        d.set_item("fds", now.fds)?;
+        d.set_item("transports", now.transports)?;
+        d.set_item("servers", self.servers.get())?;
+        d.set_item("bytes_read", self.bytes_read.get())?;
+        d.set_item("bytes_written", self.bytes_written.get())?;
+        d.set_item("accepted", self.accepted.get())?;
+        Ok(d)
+    }
+}
+
+/// What the loop holds now (counted when asked).
+pub struct Gauges {
+    pub ready: usize,
+    pub scheduled: usize,
+    pub fds: usize,
+    pub transports: usize,
+}
