@@ -289,3 +289,16 @@ def test_the_export_example_prints_prometheus_text():
     assert float(samples['ferroloop_written_bytes_total{loop="main"}']) == 2 * 10_100
     assert 0 <= float(samples['ferroloop_utilisation_ratio{loop="main"}']) <= 1
     assert all(name.startswith("ferroloop_") for name in samples)
+
+
+def test_the_export_example_feeds_opentelemetry_gauges():
+    pytest.importorskip(
+        "opentelemetry.sdk", reason="OpenTelemetry's SDK is optional (not installed)"
+    )
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "stats_export.py")
+    out = subprocess.run(
+        [sys.executable, example, "--otel"], capture_output=True, text=True, check=True
+    ).stdout
+    gauges = dict(line.split()[1:] for line in out.splitlines() if line.startswith("otel "))
+    assert float(gauges["ferroloop_accepted_connections_total"]) == 2
+    assert float(gauges["ferroloop_read_bytes_total"]) == 2 * 10_100
