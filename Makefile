@@ -22,13 +22,14 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target/py$(PY)
 FT_CFG := $(CURDIR)/scripts/pyo3-ft-3.14.cfg
 
 # Tools plus what uvloop's test suite imports (scripts/conformance.py).
-# ruff is pinned so that `make lint` does not change verdict when ruff is released.
-VENV_PKGS := 'maturin>=1.16,<2' 'pytest>=8' 'ruff==0.17.6' \
+# ruff and mypy are pinned so that `make lint` does not change verdict when they are released.
+VENV_PKGS := 'maturin>=1.16,<2' 'pytest>=8' 'ruff==0.17.6' 'mypy==2.4.1' \
 	'uvloop==0.23.0' pyOpenSSL psutil 'aiohttp>=3.10.5' \
-	'uvicorn>=0.36' 'websockets>=15' 'anyio>=4.9' 'httpx>=0.28' 'starlette>=0.41'
+	'uvicorn>=0.36' 'websockets>=15' 'anyio>=4.9' 'httpx>=0.28' 'starlette>=0.41' \
+	'mkdocs==1.6.1'
 
 # Python folders that exist (bench/ or scripts/ may be empty or absent early on).
-PY_DIRS := $(wildcard python tests scripts bench)
+PY_DIRS := $(wildcard python tests scripts bench examples)
 
 # Conformance modules (scripts/conformance.py has the same default); override with
 # `make conformance MODULES="test_base test_dns"`.
@@ -36,7 +37,7 @@ MODULES ?=
 CONFORMANCE_ARGS ?=
 
 .PHONY: help pythons venv dev test test-version test-rust check-ft test-py test-backends valgrind soak fuzz test-asan miri \
-	conformance lint fmt bench wheels clean
+	conformance lint fmt bench docs wheels clean
 
 help: ## List the targets with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -125,11 +126,15 @@ test-backends: dev ## pytest and uvloop's suite again on every other backend thi
 			--baseline-json target/conformance/$(PY)/baseline.json || exit 1; \
 	done
 
-lint: venv ## cargo fmt --check, clippy -D warnings, ruff check and ruff format --check
+# mypy.stubtest checks python/ferroloop/_ferroloop.pyi against the extension built by `make dev`;
+# mypy --strict checks typed user code (examples/typed.py) against the package's types.
+lint: venv ## cargo fmt --check, clippy -D warnings, ruff check and format --check, mypy stubtest and --strict
 	cargo fmt --all -- --check $(if $(CI),--color never)
 	cargo clippy --all-targets -- -D warnings
 	$(VENV)/bin/ruff check $(PY_DIRS)
 	$(VENV)/bin/ruff format --check $(PY_DIRS)
+	$(VPY) -m mypy.stubtest ferroloop._ferroloop --allowlist scripts/stubtest-allowlist.txt
+	$(VPY) -m mypy --strict examples/typed.py
 
 fmt: venv ## Format Rust (cargo fmt) and Python (ruff format, import sorting)
 	cargo fmt --all
@@ -142,6 +147,11 @@ bench: dev ## Run the benchmarks (python -m ferroloop.bench); installs wrk for t
 	@$(VPY) -c "import rloop" 2>/dev/null || $(VPY) -m pip install -q rloop \
 		|| echo "rloop could not be installed: it will be skipped"
 	$(VPY) -m ferroloop.bench
+
+# mkdocs.yml at the root; docs/ holds the pages. --strict (with mkdocs.yml's `validation`) makes a
+# broken link or anchor, or a page left out of the nav, fail the build, so CI catches rotting docs.
+docs: venv ## Build the documentation site (mkdocs build --strict) into target/site
+	$(VENV)/bin/mkdocs build --strict --site-dir target/site
 
 clean: ## Remove build outputs, caches and .venv
 	cargo clean
