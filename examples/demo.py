@@ -1,6 +1,6 @@
 """A short tour that shows ferroloop running ordinary asyncio code.
 
-    python examples/demo.py
+python examples/demo.py
 """
 
 import asyncio

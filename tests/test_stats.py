@@ -302,3 +302,12 @@ def test_the_export_example_feeds_opentelemetry_gauges():
     gauges = dict(line.split()[1:] for line in out.splitlines() if line.startswith("otel "))
     assert float(gauges["ferroloop_accepted_connections_total"]) == 2
     assert float(gauges["ferroloop_read_bytes_total"]) == 2 * 10_100
+
+
+def test_the_typed_dict_names_every_key(loop):
+    assert set(ferroloop.LoopStats.__annotations__) == set(loop.stats())
+    types = {"int": int, "float": float}
+    stats = loop.stats()
+    assert {
+        k: types[getattr(t, "__name__", t)] for k, t in ferroloop.LoopStats.__annotations__.items()
+    } == {k: type(v) for k, v in stats.items()}

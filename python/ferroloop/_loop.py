@@ -15,9 +15,13 @@ do correctly on top of ``LoopCore``; and nothing that runs per iteration or per 
 
 import os
 import selectors
+import ssl
 import sys
 import threading
 from asyncio import constants
+from asyncio.protocols import BaseProtocol
+from asyncio.transports import BaseTransport, Transport
+from typing import Final
 
 from . import _children, _compat, _ferroloop, _sendfile, _tls, _transports
 from ._sockets import SocketOpsMixin
@@ -25,10 +29,10 @@ from ._sockets import SocketOpsMixin
 __all__ = ("Loop", "backends")
 
 #: The environment variable that picks the I/O backend when ``new_event_loop`` is not told.
-BACKEND_ENV = "FERROLOOP_BACKEND"
+BACKEND_ENV: Final = "FERROLOOP_BACKEND"
 
 
-def backends():
+def backends() -> list[str]:
     """The I/O backends this machine offers, the default first."""
     return list(_ferroloop.backends())
 
@@ -89,7 +93,7 @@ def _selector_view(core):
 class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
     """An asyncio event loop whose scheduler, timers and I/O dispatch are written in Rust."""
 
-    def __init__(self, *, backend=None):
+    def __init__(self, *, backend: str | None = None) -> None:
         if backend is None:
             backend = os.environ.get(BACKEND_ENV) or backends()[0]
         try:
@@ -147,15 +151,15 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
 
     async def start_tls(
         self,
-        transport,
-        protocol,
-        sslcontext,
+        transport: BaseTransport,
+        protocol: BaseProtocol,
+        sslcontext: ssl.SSLContext,
         *,
-        server_side=False,
-        server_hostname=None,
-        ssl_handshake_timeout=None,
-        ssl_shutdown_timeout=None,
-    ):
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> Transport | None:
         """Upgrade ``transport`` to TLS; returns the transport ``protocol`` uses from now on."""
         return await _tls.start_tls(
             self,
@@ -248,7 +252,7 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
             listener._stop()
         super()._stop_serving(sock)
 
-    def run_forever(self):
+    def run_forever(self) -> None:
         """Run until stop() is called."""
         if _compat.HAS_RUN_FOREVER_SETUP:
             # 3.13+: asyncio's own set-up and clean-up, which subclasses may extend. 3.13.0 also
@@ -281,7 +285,7 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
 
-    def close(self):
+    def close(self) -> None:
         """Close the loop: drop pending callbacks and timers, release its fds and executor."""
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")

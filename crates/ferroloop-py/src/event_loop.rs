@@ -700,9 +700,10 @@ impl LoopCore {
         let this = slf.get();
         let events = this.wait_for_io(slf.py())?;
         let now = this.queue_ready(slf.py(), events)?;
-        let ran = Self::run_ready(slf);
-        this.stats.end_iteration(now, ran.as_ref().map_or(1, |n| *n));
-        ran.map(drop)
+        this.stats.iteration_began(now);
+        let ran = Self::run_ready(slf)?;
+        this.stats.iteration_ended(ran);
+        Ok(())
     }
 
     /// Drops cancelled timers, then waits for I/O: not at all if callbacks are ready or the loop
@@ -1224,7 +1225,10 @@ impl LoopCore {
 
     /// One iteration, as asyncio's `_run_once` (for code and tests that drive the loop by hand).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::run_once(slf)
+        slf.get().stats.run_started();
+        let result = Self::run_once(slf);
+        slf.get().stats.run_ended();
+        result
     }
 
     /// Stops the loop once the callbacks ready now have run: `run_forever` returns then.
@@ -1275,8 +1279,8 @@ impl LoopCore {
     /// `1 - io_wait / running`); `callbacks`, handles run (callbacks, timers, task steps,
     /// `add_reader` callbacks); `timers`, timers that came due; `io_events`, readiness and
     /// completions handled by ferroloop's transports and servers; `longest_iteration`, the most
-    /// seconds one iteration spent running callbacks, and `longest_iteration_callbacks`, how many
-    /// it ran; `bytes_read`, `bytes_written`, what ferroloop's transports received and sent;
+    /// seconds one iteration was busy (from the end of its wait to the start of the next blocking
+    /// one), and `longest_iteration_callbacks`, how many callbacks and events it ran; `bytes_read`, `bytes_written`, what ferroloop's transports received and sent;
     /// `accepted`, connections its servers accepted. Held now: `ready`, callbacks waiting to run;
     /// `scheduled`, timers waiting; `fds`, file descriptors registered; `transports`, those of
     /// them that ferroloop's transports own; `servers`, its listening sockets accepting now.

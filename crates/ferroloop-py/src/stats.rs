@@ -6,8 +6,10 @@
 //! thread may see a snapshot a few events old.
 //!
 //! Time is counted where the clock is read anyway or where the loop is about to sleep: the
-//! blocking wait is timed around the wait itself, and one clock read per iteration that ran
-//! anything ends the iteration's callback time.
+//! blocking wait is timed around the wait itself, and an iteration's busy time is the time
+//! between the clock reads that follow two waits (each iteration reads the clock after its wait
+//! to find the due timers), less the time the second one blocked. A busy loop, whose waits do
+//! not block, reads the clock no more often than it did without the statistics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,9 +57,16 @@ pub struct Stats {
     pub running_ns: Counter,
     /// When the current run began (0: not running).
     pub run_started_ns: Counter,
-    /// The longest time one iteration spent running its callbacks, and how many it ran.
-    pub longest_ns: Counter,
-    pub longest_callbacks: Counter,
+    /// The longest time one iteration was busy (not blocked in its wait), and how many
+    /// callbacks and I/O events it took from the ready queue.
+    longest_ns: Counter,
+    longest_callbacks: Counter,
+    /// When the previous iteration read the clock after its wait (0: none in this run), and what
+    /// it took from the ready queue.
+    prev_now_ns: Counter,
+    prev_ran: Counter,
+    /// Nanoseconds the current iteration's wait blocked.
+    blocked_ns: Counter,
     /// Bytes the Rust transports received and sent (TLS: the encrypted bytes).
     pub bytes_read: Counter,
     pub bytes_written: Counter,
@@ -80,20 +89,36 @@ impl Stats {
 
     /// A blocking wait that began at `t0` ended now.
     pub fn waited_since(&self, t0: u64) {
-        self.io_wait_ns.add(monotonic_ns().saturating_sub(t0));
+        let dt = monotonic_ns().saturating_sub(t0);
+        self.io_wait_ns.add(dt);
+        self.blocked_ns.add(dt);
     }
 
-    /// An iteration ran `ran` callbacks since `t0` (read after its wait).
+    /// An iteration's wait is over and it read the clock (`now`): the previous iteration's busy
+    /// time is known.
     #[inline]
-    pub fn end_iteration(&self, t0: u64, ran: u64) {
-        self.iterations.add(1);
-        if ran == 0 {
-            return;
+    pub fn iteration_began(&self, now: u64) {
+        let prev = self.prev_now_ns.get();
+        if prev != 0 {
+            self.busy(now.saturating_sub(prev).saturating_sub(self.blocked_ns.get()));
         }
-        let dt = monotonic_ns().saturating_sub(t0);
-        if dt > self.longest_ns.get() {
-            self.longest_ns.set(dt);
-            self.longest_callbacks.set(ran);
+        self.blocked_ns.set(0);
+        self.prev_now_ns.set(now);
+    }
+
+    /// The iteration took `ran` callbacks and I/O events from the ready queue.
+    #[inline]
+    pub fn iteration_ended(&self, ran: u64) {
+        self.iterations.add(1);
+        self.prev_ran.set(ran);
+    }
+
+    /// The previous iteration was busy for `ns`.
+    #[inline]
+    fn busy(&self, ns: u64) {
+        if ns > self.longest_ns.get() {
+            self.longest_ns.set(ns);
+            self.longest_callbacks.set(self.prev_ran.get());
         }
     }
 
@@ -105,12 +130,20 @@ impl Stats {
 
     pub fn run_started(&self) {
         self.run_started_ns.set(monotonic_ns().max(1));
+        self.prev_now_ns.set(0);
+        self.blocked_ns.set(0);
     }
 
     pub fn run_ended(&self) {
+        let now = monotonic_ns();
+        let prev = self.prev_now_ns.get();
+        if prev != 0 {
+            self.busy(now.saturating_sub(prev));
+            self.prev_now_ns.set(0);
+        }
         let t0 = self.run_started_ns.get();
         if t0 != 0 {
-            self.running_ns.add(monotonic_ns().saturating_sub(t0));
+            self.running_ns.add(now.saturating_sub(t0));
             self.run_started_ns.set(0);
         }
     }
