@@ -141,11 +141,14 @@ fmt: venv ## Format Rust (cargo fmt) and Python (ruff format, import sorting)
 	$(VENV)/bin/ruff check --select I --fix $(PY_DIRS)
 	$(VENV)/bin/ruff format $(PY_DIRS)
 
-bench: dev ## Run the benchmarks (python -m ferroloop.bench); installs wrk for the HTTP family and rloop
+bench: dev ## Run the benchmarks (python -m ferroloop.bench, PY picks the CPython); installs wrk, rloop and zuvloop (3.14+)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| echo "wrk could not be installed: the http family will be skipped"
 	@$(VPY) -c "import rloop" 2>/dev/null || $(VPY) -m pip install -q rloop \
 		|| echo "rloop could not be installed: it will be skipped"
+	@$(VPY) -c "import sys; sys.exit(sys.version_info < (3, 14))" || exit 0; \
+		$(VPY) -c "import zuvloop" 2>/dev/null || $(VPY) -m pip install -q zuvloop \
+		|| echo "zuvloop could not be installed: it will be skipped"
 	$(VPY) -m ferroloop.bench
 
 # mkdocs.yml at the root; docs/ holds the pages. --strict (with mkdocs.yml's `validation`) makes a

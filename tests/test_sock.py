@@ -234,3 +234,48 @@ def test_a_socket_subclass_gets_its_own_methods_called(run, loop):
         run(loop.sock_sendall(tracked, b"three"))
         assert b.recv(10) == b"three"
     assert _TrackedSocket.calls == ["recv", "recv_into", "send"]
+
+
+def test_first_tries_that_succeed_at_once(run, loop, sockpair):
+    # The one-call first try of sock_recv/sock_sendall: what is ready is returned as asyncio's
+    # `sock.recv(n)`/`sock.send(data)` would return it.
+    a, b = sockpair
+    b.send(b"ready")
+    assert run(loop.sock_recv(a, 0)) == b""
+    assert run(loop.sock_recv(a, 2)) == b"re"
+    assert run(loop.sock_recv(a, 100)) == b"ady"
+    run(loop.sock_sendall(a, b""))
+    run(loop.sock_sendall(a, memoryview(b"mv")))
+    run(loop.sock_sendall(a, bytearray(b"ba")))
+    assert b.recv(10) == b"mvba"
+
+
+def test_first_tries_refused_as_the_socket_refuses(run, loop, sockpair):
+    a, _ = sockpair
+    closed = socket.socket()
+    closed.close()
+    cases = [
+        (lambda: loop.sock_recv(a, -1), lambda: a.recv(-1)),
+        (lambda: loop.sock_recv(closed, 1), lambda: closed.recv(1)),
+        (lambda: loop.sock_sendall(closed, b"x"), lambda: closed.send(b"x")),
+    ]
+    for coro, plain in cases:
+        assert _raised(lambda coro=coro: run(coro())) == _raised(plain)
+
+
+def test_a_socket_of_a_transport_is_refused_only_when_it_must_wait(run, loop, sockpair):
+    # asyncio tries `sock.recv` first and checks for a transport only before it waits.
+    a, b = sockpair
+
+    async def main():
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        transport.pause_reading()
+        b.send(b"x")
+        await asyncio.sleep(0.01)
+        first = await loop.sock_recv(a, 10)
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            await loop.sock_recv(a, 10)
+        transport.abort()
+        return first
+
+    assert run(main()) == b"x"

@@ -37,6 +37,14 @@ class SocketOpsMixin:
     __slots__ = ()
 
     async def sock_recv(self, sock, n):
+        # One Rust call for the common case: a plain socket, data ready, not in debug mode.
+        data = self._sock_recv_now(sock, n)
+        if data is not NotImplemented:
+            if data is not None:
+                return data
+            fd = sock.fileno()
+            self._ensure_fd_no_transport(fd)
+            return await self._sock_wait_recv(fd, n)
         check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
@@ -64,6 +72,14 @@ class SocketOpsMixin:
         return await _base.sock_recv_into(self, sock, buf)
 
     async def sock_sendall(self, sock, data):
+        # One Rust call for the common case: a plain socket that takes all of the data now.
+        sent = self._sock_send_now(sock, data)
+        if sent is None:
+            return
+        if sent is not NotImplemented:
+            fd = sock.fileno()
+            self._ensure_fd_no_transport(fd)
+            return await self._sock_wait_sendall(fd, data, sent)
         check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")

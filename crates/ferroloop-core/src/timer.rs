@@ -137,6 +137,13 @@ impl<T> TimerQueue<T> {
         self.pop_head(&head)
     }
 
+    /// Whether any scheduled item may be cancelled (`purge_cancelled` has nothing to do if not).
+    #[inline]
+    #[must_use]
+    pub fn has_cancelled(&self) -> bool {
+        self.cancelled != 0
+    }
+
     /// Records that one scheduled item was cancelled by its owner.
     pub fn note_cancelled(&mut self) {
         self.cancelled += 1;

@@ -81,6 +81,12 @@ pub struct OpTable {
 }
 
 impl OpTable {
+    /// Whether no operation is in flight (then no completion can come).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
     /// Reserves an entry for an operation of `owner`; its index is the operation's tag.
     pub fn insert(&mut self, owner: Owner, keep: Option<Py<PyBytes>>) -> usize {
         self.ops.insert(OpEntry { owner, keep })

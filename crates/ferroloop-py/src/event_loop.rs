@@ -195,8 +195,6 @@ fn completion_supported() -> bool {
     false
 }
 
-/// How long an iteration may wait for I/O: not at all if callbacks are ready or the loop is
-/// stopping, else until the first timer is due (forever if there is none).
 /// Gives starved receives (see [`LoopCore::starve`]) their `IoOp::Rearm`: as many as buffers
 /// came back since the last time, and at least one, so that a receive restarted too early (and
 /// starved again) cannot stall the rest. Queued before the wait, which then does not block.
@@ -208,13 +206,22 @@ fn restart_starved(s: &mut State) {
     }
 }
 
-fn wait_timeout(s: &State, stopping: bool) -> Option<Duration> {
+/// How long an iteration may wait for I/O: not at all if callbacks are ready or the loop is
+/// stopping, else until the first timer is due (forever if there is none); with the time read
+/// to work that out, if it was read.
+fn wait_timeout(s: &State, stopping: bool) -> (Option<Duration>, Option<u64>) {
     if !s.ready.is_empty() || stopping {
-        Some(Duration::ZERO)
-    } else {
-        s.timers
-            .next_deadline()
-            .map(|d| Duration::from_nanos(d.saturating_sub(monotonic_ns())).min(MAX_WAIT))
+        return (Some(Duration::ZERO), None);
+    }
+    match s.timers.next_deadline() {
+        Some(d) => {
+            let now = monotonic_ns();
+            (
+                Some(Duration::from_nanos(d.saturating_sub(now)).min(MAX_WAIT)),
+                Some(now),
+            )
+        }
+        None => (None, None),
     }
 }
 
@@ -711,25 +718,45 @@ impl LoopCore {
     /// buffer, to be given back by `queue_ready`).
     fn wait_for_io(&self, py: Python<'_>) -> PyResult<Vec<Event>> {
         let stopping = self.stopping.load(Ordering::Relaxed);
-        let (driver, timeout, mut events, purged) = self.state.with(py, |s| {
-            let purged = s.timers.purge_cancelled(|t| t.bind(py).as_super().get().is_cancelled());
-            for t in &purged {
-                t.get().unschedule();
+        // The common case (callbacks ready, no cancelled timer, no starved receive) takes one
+        // borrow: the wait that does not block runs inside it (it runs no Python code), so the
+        // driver's `Arc` is not cloned and no empty `Vec` is made and dropped.
+        let (driver, mut events, purged, waited) = self.state.with(py, |s| {
+            let purged = s.timers.has_cancelled().then(|| {
+                let purged = s.timers.purge_cancelled(|t| t.bind(py).as_super().get().is_cancelled());
+                for t in &purged {
+                    t.get().unschedule();
+                }
+                purged
+            });
+            if !s.starved.is_empty() {
+                restart_starved(s);
             }
-            restart_starved(s);
-            let timeout = wait_timeout(s, stopping);
-            (s.driver.clone(), timeout, std::mem::take(&mut s.events), purged)
+            let (timeout, _) = wait_timeout(s, stopping);
+            let mut events = std::mem::take(&mut s.events);
+            if timeout == Some(Duration::ZERO) {
+                let waited = match s.driver.as_deref() {
+                    Some(d) => d.wait(&mut events, timeout).map_err(|e| os_error(&e)),
+                    None => Err(closed_error()),
+                };
+                (None, events, purged, Some(waited))
+            } else {
+                (s.driver.clone(), events, purged, None)
+            }
         })?;
         drop(purged);
-        let driver = driver.ok_or_else(closed_error)?;
-        let waited = if timeout == Some(Duration::ZERO) {
-            driver.wait(&mut events, timeout).map_err(|e| os_error(&e))
-        } else {
-            self.look_then_wait(py, &driver, &mut events)
+        // Python-level signal handlers (KeyboardInterrupt on SIGINT) run after a wait that may
+        // have blocked, as they would when asyncio's select() returns EINTR. After a wait that
+        // does not block they are the interpreter's to run, before the next callback's bytecode,
+        // as with asyncio's select(timeout=0).
+        let waited = match (waited, driver) {
+            (Some(waited), _) => waited,
+            (None, Some(driver)) => self
+                .look_then_wait(py, &driver, &mut events)
+                .and_then(|()| py.check_signals()),
+            (None, None) => Err(closed_error()),
         };
-        // Python-level signal handlers (KeyboardInterrupt on SIGINT) run here, as they would when
-        // asyncio's select() returns EINTR.
-        if let Err(e) = waited.and_then(|()| py.check_signals()) {
+        if let Err(e) = waited {
             events.clear();
             self.state.with(py, |s| s.events = events)?;
             return Err(e);
@@ -756,14 +783,13 @@ impl LoopCore {
         // `call_soon_threadsafe`, which queues before it wakes): work out the timeout again.
         py.check_signals()?;
         let stopping = self.stopping.load(Ordering::Relaxed);
-        let timeout = self.state.with(py, |s| wait_timeout(s, stopping))?;
+        let (timeout, now) = self.state.with(py, |s| wait_timeout(s, stopping))?;
         if timeout == Some(Duration::ZERO) {
             return Ok(());
         }
-        let t0 = monotonic_ns();
-        let waited = py.detach(|| driver.wait(events, timeout)).map_err(|e| os_error(&e));
-        self.stats.waited_since(t0);
-        waited
+        // The wait ends where the next iteration reads the clock (`Stats::iteration_began`).
+        self.stats.wait_begins(now.unwrap_or_else(monotonic_ns));
+        py.detach(|| driver.wait(events, timeout)).map_err(|e| os_error(&e))
     }
 
     /// Queues the callbacks of ready fds, then the due timers: as asyncio's `_run_once`, those
@@ -775,6 +801,11 @@ impl LoopCore {
         let now = monotonic_ns();
         let last_due = now + monotonic_resolution_ns() - 1;
         let stale = self.state.with(py, |s| {
+            if events.is_empty() && s.timers.is_empty() && s.ops.is_empty() {
+                // Nothing became ready (the common case of an iteration with callbacks ready).
+                s.events = events;
+                return None;
+            }
             let mut stale: Vec<Py<Handle>> = Vec::new();
             for ev in events.drain(..) {
                 let Some(src) = s.sources.get_mut(ev.token) else {
@@ -832,7 +863,7 @@ impl LoopCore {
                 due += 1;
             }
             self.stats.timers.add(due);
-            (stale, finished)
+            Some((stale, finished))
         })?;
         drop(stale);
         Ok(now)
@@ -1035,6 +1066,16 @@ impl LoopCore {
     // The sock_* fast path (see `sockops`): a try that returns `None` when the socket is not
     // ready, and a wait that returns a future. `NotImplemented`-like `None`s for buffers the
     // fast path cannot take send the caller down asyncio's own path.
+
+    /// `sock_recv`'s first try from the socket object itself (see `sockops::recv_now`).
+    fn _sock_recv_now(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        sockops::recv_now(slf, sock, n)
+    }
+
+    /// `sock_sendall`'s first try from the socket object itself (see `sockops::send_now`).
+    fn _sock_send_now(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        sockops::send_now(slf, sock, data)
+    }
 
     fn _sock_try_recv(slf: &Bound<'_, Self>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
         sockops::try_recv(slf, fd, n)

@@ -269,3 +269,56 @@ pub fn wait_sendall(
     let Some(v) = view(data, false) else { return Ok(None) };
     SockOp::wait(loop_, fd, Kind::SendAll(v, AttachedCell::new(sent))).map(Some)
 }
+
+/// `socket.socket`, the one class whose instances [`plain_fd`] takes.
+static SOCKET_TYPE: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();
+
+/// The fd of `sock` if the one-call fast path may take it: the loop is not in debug mode (whose
+/// checks are asyncio's Python code), `sock` is exactly a `socket.socket` (so not an `SSLSocket`,
+/// which asyncio refuses, nor a subclass that overrides `recv`/`send`/`fileno`), and it is open.
+fn plain_fd(loop_: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = loop_.py();
+    if loop_.get().debug() {
+        return Ok(None);
+    }
+    let ty = SOCKET_TYPE.import(py, "socket", "socket")?;
+    if !sock.get_type().is(ty) {
+        return Ok(None);
+    }
+    let fd: RawFd = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
+    Ok((fd >= 0).then_some(fd))
+}
+
+/// `sock_recv`'s first try in one call: the bytes, `None` if the socket is not ready, or
+/// `NotImplemented` when the fast path does not take `sock`/`n` (see [`plain_fd`]).
+pub fn recv_now(loop_: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let py = loop_.py();
+    let Some(fd) = plain_fd(loop_, sock)? else {
+        return Ok(py.NotImplemented());
+    };
+    if !n.is_exact_instance_of::<pyo3::types::PyInt>() {
+        return Ok(py.NotImplemented());
+    }
+    let Ok(n) = n.extract::<usize>() else {
+        return Ok(py.NotImplemented());
+    };
+    Ok(now(recv(py, loop_.get(), fd, n)?)?.unwrap_or_else(|| py.None()))
+}
+
+/// `sock_sendall`'s first try in one call: `None` when all of `data` was sent, the count sent so
+/// far when the socket is full, or `NotImplemented` when the fast path does not take `sock`/`data`.
+pub fn send_now(loop_: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let py = loop_.py();
+    let Some(fd) = plain_fd(loop_, sock)? else {
+        return Ok(py.NotImplemented());
+    };
+    let mut sent = 0;
+    let Some((attempt, total)) = with_bytes(data, |all| (send_all_slice(py, fd, all, &mut sent), all.len())) else {
+        return Ok(py.NotImplemented());
+    };
+    match attempt {
+        Attempt::Failed(e) => Err(e),
+        Attempt::Done(_) | Attempt::Again if sent == total => Ok(py.None()),
+        Attempt::Done(_) | Attempt::Again => Ok(sent.into_pyobject(py)?.into_any().unbind()),
+    }
+}

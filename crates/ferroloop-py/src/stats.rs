@@ -5,11 +5,12 @@
 //! from any thread. Only the loop thread writes them, so no increment is lost; a reader on another
 //! thread may see a snapshot a few events old.
 //!
-//! Time is counted where the clock is read anyway or where the loop is about to sleep: the
-//! blocking wait is timed around the wait itself, and an iteration's busy time is the time
-//! between the clock reads that follow two waits (each iteration reads the clock after its wait
-//! to find the due timers), less the time the second one blocked. A busy loop, whose waits do
-//! not block, reads the clock no more often than it did without the statistics.
+//! Time is counted where the clock is read anyway, or where the loop is about to sleep. Each
+//! iteration reads the clock after its wait (to find the due timers): a blocking wait is timed
+//! from just before it (a clock read when the loop is about to sleep, unless working out the
+//! timeout just read it) to that read, and an iteration's busy time is the time between two such
+//! reads less the second one's blocking wait. A busy loop, whose waits do not block, reads the
+//! clock no more often than it did without the statistics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -65,8 +66,8 @@ pub struct Stats {
     /// it took from the ready queue.
     prev_now_ns: Counter,
     prev_ran: Counter,
-    /// Nanoseconds the current iteration's wait blocked.
-    blocked_ns: Counter,
+    /// When the current blocking wait began (0: the iteration's wait does not block).
+    wait_started_ns: Counter,
     /// Bytes the Rust transports received and sent (TLS: the encrypted bytes).
     pub bytes_read: Counter,
     pub bytes_written: Counter,
@@ -87,22 +88,29 @@ impl Stats {
         self.bytes_written.add(n as u64);
     }
 
-    /// A blocking wait that began at `t0` ended now.
-    pub fn waited_since(&self, t0: u64) {
-        let dt = monotonic_ns().saturating_sub(t0);
-        self.io_wait_ns.add(dt);
-        self.blocked_ns.add(dt);
+    /// A blocking wait begins (`now`: the time just read).
+    #[inline]
+    pub fn wait_begins(&self, now: u64) {
+        self.wait_started_ns.set(now.max(1));
     }
 
-    /// An iteration's wait is over and it read the clock (`now`): the previous iteration's busy
-    /// time is known.
+    /// An iteration's wait is over and it read the clock (`now`): its blocking wait, if any, and
+    /// the previous iteration's busy time are known.
     #[inline]
     pub fn iteration_began(&self, now: u64) {
+        let started = self.wait_started_ns.get();
+        let blocked = if started == 0 {
+            0
+        } else {
+            self.wait_started_ns.set(0);
+            let dt = now.saturating_sub(started);
+            self.io_wait_ns.add(dt);
+            dt
+        };
         let prev = self.prev_now_ns.get();
         if prev != 0 {
-            self.busy(now.saturating_sub(prev).saturating_sub(self.blocked_ns.get()));
+            self.busy(now.saturating_sub(prev).saturating_sub(blocked));
         }
-        self.blocked_ns.set(0);
         self.prev_now_ns.set(now);
     }
 
@@ -131,7 +139,7 @@ impl Stats {
     pub fn run_started(&self) {
         self.run_started_ns.set(monotonic_ns().max(1));
         self.prev_now_ns.set(0);
-        self.blocked_ns.set(0);
+        self.wait_started_ns.set(0);
     }
 
     pub fn run_ended(&self) {
@@ -141,6 +149,8 @@ impl Stats {
             self.busy(now.saturating_sub(prev));
             self.prev_now_ns.set(0);
         }
+        // A wait that ended in an error (the run ends with it) is not counted.
+        self.wait_started_ns.set(0);
         let t0 = self.run_started_ns.get();
         if t0 != 0 {
             self.running_ns.add(now.saturating_sub(t0));

@@ -1,5 +1,6 @@
-"""The loops a benchmark can run on, by name: ``asyncio``, ``uvloop``, ``ferroloop`` or any
-``module:factory`` whose zero-argument factory returns a new event loop."""
+"""The loops a benchmark can run on, by name: ``asyncio``, ``uvloop``, ``rloop``, ``zuvloop``
+(CPython 3.14+), ``ferroloop`` or any ``module:factory`` whose zero-argument factory returns a
+new event loop."""
 
 import asyncio
 import importlib
@@ -11,6 +12,8 @@ KNOWN = {
     "asyncio": "asyncio:SelectorEventLoop",
     "uvloop": "uvloop:new_event_loop",
     "rloop": "rloop:new_event_loop",
+    # libuv under a Zig engine; CPython 3.14+ only (a run on an older one notes it as skipped).
+    "zuvloop": "zuvloop:new_event_loop",
     "ferroloop": "ferroloop:new_event_loop",
     # ferroloop on each of its backends (``ferroloop`` alone is the default, epoll).
     "ferroloop-poll": "ferroloop.bench.loops:ferroloop_poll",

@@ -82,13 +82,14 @@ PROFILES = {
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m ferroloop.bench",
-        description="Run ferroloop's benchmarks on asyncio, uvloop and ferroloop side by side.",
+        description="Run ferroloop's benchmarks on asyncio, uvloop, rloop, zuvloop and ferroloop side by side.",
     )
     parser.add_argument("--quick", action="store_true", help="one short repetition (~1.5 minutes)")
     parser.add_argument(
         "--loops",
-        default="asyncio,uvloop,rloop,ferroloop",
-        help="comma-separated: asyncio, uvloop, ferroloop or module:factory (asyncio is always the baseline)",
+        default="asyncio,uvloop,rloop,zuvloop,ferroloop",
+        help="comma-separated: asyncio, uvloop, rloop, zuvloop, ferroloop or module:factory; one that is "
+        "not installed is noted as skipped (asyncio is always the baseline)",
     )
     parser.add_argument(
         "--only",
