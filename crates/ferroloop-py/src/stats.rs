@@ -44,7 +44,7 @@ impl Counter {
 /// The counters of one loop.
 #[derive(Default)]
 pub struct Stats {
-    /// Loop iterations (asyncio's `_run_once`).
+    /// Loop iterations completed (asyncio's `_run_once`).
     pub iterations: Counter,
     /// Handles run: `call_soon`/`call_later` callbacks, task steps, `add_reader` callbacks.
     pub callbacks: Counter,
