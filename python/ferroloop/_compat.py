@@ -342,13 +342,13 @@ LOOP_STATE = ("_closed", "_debug", "_stopping", "_task_factory", "_selector")
 
 #: ``(object, attribute)`` pairs the Rust code of ``ferroloop._ferroloop`` looks up by name.
 RUST_NAMES = (
-    # event_loop.rs, fastcall.rs: with a task factory set, with keywords other than name and
+    # event_loop/mod.rs, fastcall.rs: with a task factory set, with keywords other than name and
     # context (3.14 passes any keyword on; 3.13.3 and 3.13.4 each did in their own way; before,
     # only those two were taken) and with arguments it refuses, for asyncio's own messages.
     (base_events.BaseEventLoop, "create_task"),
-    (base_events.BaseEventLoop, "_check_thread"),  # event_loop.rs: debug-mode checks
+    (base_events.BaseEventLoop, "_check_thread"),  # event_loop/callbacks.rs: debug-mode checks
     (base_events.BaseEventLoop, "_check_callback"),
-    (events.Handle, "_run"),  # event_loop.rs: handles made by asyncio's code (signals)
+    (events.Handle, "_run"),  # event_loop/run.rs: handles made by asyncio's code (signals)
     (events.Handle, "_cancelled"),
     (events.TimerHandle, "_scheduled"),
     (futures.Future, "_loop"),
