@@ -465,14 +465,15 @@ impl LoopCore {
 
     /// A snapshot of what the loop has done and holds: a new dict each call.
     ///
-    /// Counted since the loop was made: `iterations`; `running`, seconds in `run_forever` (the
-    /// current run included); `io_wait`, seconds of it blocked waiting for I/O (utilisation is
-    /// `1 - io_wait / running`); `callbacks`, handles run (callbacks, timers, task steps,
-    /// `add_reader` callbacks); `timers`, timers that came due; `io_events`, readiness and
+    /// Counted since the loop was made: `iterations` completed; `running`, seconds in
+    /// `run_forever` (the current run included); `io_wait`, seconds of it blocked waiting for I/O
+    /// (utilisation is `1 - io_wait / running`); `callbacks`, handles run (callbacks, timers, task
+    /// steps, `add_reader` callbacks); `timers`, timers that came due; `io_events`, readiness and
     /// completions handled by ferroloop's transports and servers; `longest_iteration`, the most
     /// seconds one iteration was busy (from the end of its wait to the start of the next blocking
-    /// one), and `longest_iteration_callbacks`, how many callbacks and events it ran; `bytes_read`, `bytes_written`, what ferroloop's transports received and sent;
-    /// `accepted`, connections its servers accepted. Held now: `ready`, callbacks waiting to run;
+    /// one), and `longest_iteration_callbacks`, how many callbacks and events it ran;
+    /// `bytes_read`, `bytes_written`, what ferroloop's transports received and sent; `accepted`,
+    /// connections its servers accepted. Held now: `ready`, callbacks waiting to run;
     /// `scheduled`, timers waiting; `fds`, file descriptors registered; `transports`, those of
     /// them that ferroloop's transports own; `servers`, its listening sockets accepting now.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
