@@ -25,7 +25,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketAddrAny};
@@ -35,9 +35,9 @@ use crate::event_loop::{copy_context, LoopCore};
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::sockaddr::{self, PeerCache};
+use crate::transport::base::{self, Base, Flags, Transport};
 use crate::transport::{
-    compat_flag, compat_size, fd_of, flow_callback, is_exit, is_strided_view, not_contiguous, write_buffer_limits,
-    WaterMarks, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    compat_flag, compat_size, fd_of, flow_callback, is_strided_view, not_contiguous, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// Datagrams read at most per readable event.
@@ -65,21 +65,14 @@ fn header_sizes(py: Python<'_>) -> PyResult<(usize, usize)> {
     Ok((header, if released { header } else { 0 }))
 }
 
-#[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, one for one
-struct State {
+pub struct State {
     sock: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
     protocol_connected: bool,
     /// Datagrams waiting for the socket to be writable, with their destination.
     queue: VecDeque<(Py<PyBytes>, Option<Py<PyAny>>)>,
     buffer_size: usize,
-    started: bool,
-    paused: bool,
-    closing: bool,
-    conn_lost: u32,
-    /// asyncio's write-side flow control (`_FlowControlMixin`).
-    flow: WaterMarks,
-    interest: Interest,
+    flags: Flags,
     /// The Python forms of recent peers' addresses (see [`PeerCache`]).
     peers: PeerCache,
     /// The last address object given to `datagram_received` or `sendto`, and its kernel form:
@@ -87,25 +80,63 @@ struct State {
     dest: Option<(Py<PyAny>, SocketAddrAny)>,
 }
 
-impl State {
-    fn is_reading(&self) -> bool {
-        !self.closing && !self.paused
+/// A datagram, with its destination.
+type Queued = (Py<PyBytes>, Option<Py<PyAny>>);
+
+impl base::State for State {
+    /// The protocol, and the peers' addresses (dropped before the socket's close).
+    type Released = (
+        Option<Py<PyAny>>,
+        Option<(Vec<Py<PyAny>>, Option<(Py<PyAny>, SocketAddrAny)>)>,
+    );
+    type Dropped = VecDeque<Queued>;
+
+    fn flags(&self) -> &Flags {
+        &self.flags
+    }
+
+    fn flags_mut(&mut self) -> &mut Flags {
+        &mut self.flags
+    }
+
+    fn protocol(&self) -> Option<&Py<PyAny>> {
+        self.protocol.as_ref()
+    }
+
+    fn protocol_connected(&self) -> bool {
+        self.protocol_connected
     }
 
     fn wanted_interest(&self) -> Interest {
+        let f = &self.flags;
         Interest {
-            readable: self.started && self.is_reading() && self.conn_lost == 0,
+            readable: f.started && f.is_reading() && f.conn_lost == 0,
             writable: !self.queue.is_empty(),
         }
+    }
+
+    fn buffer_size(&self) -> usize {
+        self.buffer_size
+    }
+
+    fn writes_pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    fn drop_writes(&mut self) -> VecDeque<Queued> {
+        self.buffer_size = 0;
+        std::mem::take(&mut self.queue)
+    }
+
+    fn release(&mut self, _py: Python<'_>) -> (Option<Py<PyAny>>, Self::Released) {
+        let peers = (self.peers.clear(), self.dest.take());
+        (self.sock.take(), (self.protocol.take(), Some(peers)))
     }
 }
 
 #[pyclass(frozen, subclass, weakref, extends = crate::transport_root::TransportRoot, module = "ferroloop._ferroloop")]
 pub struct DatagramTransport {
-    loop_: Py<LoopCore>,
-    fd: RawFd,
-    extra: Py<PyDict>,
-    context: Py<PyAny>,
+    base: Base,
     /// The `remote_addr` the endpoint was created with (asyncio's `_address`).
     address: Option<Py<PyAny>>,
     /// The socket has a peer: sends use `send()`.
@@ -121,33 +152,35 @@ enum Sent {
     Failed(PyErr),
 }
 
+impl Transport for DatagramTransport {
+    type State = State;
+
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    fn state(&self) -> &AttachedCell<State> {
+        &self.state
+    }
+
+    fn owner(slf: &Bound<'_, Self>) -> Owner {
+        Owner::Datagram(slf.clone().unbind())
+    }
+
+    fn lose(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        base::force_close(slf, exc)
+    }
+
+    fn before_close(&self, _: Option<&Py<PyAny>>, released: &mut <State as base::State>::Released) {
+        drop(released.1.take());
+    }
+}
+
 impl DatagramTransport {
-    fn lp(&self) -> &LoopCore {
-        self.loop_.get()
-    }
-
-    fn protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.state.with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))
-    }
-
-    fn sync_interest(&self, py: Python<'_>) -> PyResult<()> {
-        let change = self.state.with(py, |s| {
-            let want = s.wanted_interest();
-            (want != s.interest).then(|| {
-                s.interest = want;
-                want
-            })
-        })?;
-        match change {
-            Some(interest) => self.lp().set_owner_interest(py, self.fd, interest),
-            None => Ok(()),
-        }
-    }
-
     /// Sends one datagram.
     fn send_one(&self, py: Python<'_>, data: &[u8], addr: Option<&Bound<'_, PyAny>>) -> Sent {
         let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
-        let fd = fd_of(self.fd);
+        let fd = fd_of(self.base.fd);
         let res = match addr.filter(|_| !self.connected) {
             None => rustix::net::send(fd, data, flags),
             Some(addr) => match self.dest_of(py, addr) {
@@ -158,7 +191,7 @@ impl DatagramTransport {
         };
         match res {
             Ok(n) => {
-                self.lp().stats.wrote(n);
+                self.base.lp().stats.wrote(n);
                 Sent::Done
             }
             Err(Errno::AGAIN | Errno::INTR) => Sent::Blocked,
@@ -214,14 +247,8 @@ impl DatagramTransport {
         if err.is_instance_of::<pyo3::exceptions::PyOSError>(slf.py()) {
             Self::error_received(slf, err)
         } else {
-            Self::fatal_error(slf, err, "Fatal write error on datagram transport")
+            base::fatal_error(slf, err, "Fatal write error on datagram transport")
         }
-    }
-
-    fn fatal_error(slf: &Bound<'_, Self>, exc: &PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        glue::helper(py, "transport_fatal_error")?.call1((slf, glue::exc_value(py, exc), message))?;
-        Self::force_close(slf, Some(glue::exc_value(py, exc).clone().into_any().unbind()))
     }
 
     /// `sock.sendto(data, addr)` for addresses Rust does not parse (host names, odd forms).
@@ -241,96 +268,20 @@ impl DatagramTransport {
     /// Calls `protocol.error_received(exc)`; what it raises goes to the exception handler.
     fn error_received(slf: &Bound<'_, Self>, err: &PyErr) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
-        let Some(protocol) = this.protocol(py)? else {
+        let Some(protocol) = base::protocol(slf.get(), py)? else {
             return Ok(());
         };
-        let method = protocol.bind(py).getattr("error_received")?;
-        Self::report(
-            slf,
-            method.call1((glue::exc_value(py, err),)).map(drop),
-            &method,
-            glue::exc_value(py, err),
-        )
-    }
-
-    /// Reports an exception from a protocol callback as asyncio's handle would.
-    fn report(
-        slf: &Bound<'_, Self>,
-        result: PyResult<()>,
-        callback: &Bound<'_, PyAny>,
-        arg: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        match result {
-            Ok(()) => Ok(()),
-            Err(err) if is_exit(py, &err) => Err(err),
-            Err(err) => glue::helper(py, "report_call_error")?
-                .call1((slf.get().loop_.bind(py), callback, (arg,), glue::exc_value(py, &err)))
-                .map(drop),
-        }
-    }
-
-    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let dropped = this.state.with(py, |s| {
-            if s.conn_lost > 0 {
-                return None;
-            }
-            s.buffer_size = 0;
-            s.closing = true;
-            s.conn_lost += 1;
-            Some(std::mem::take(&mut s.queue))
-        })?;
-        if dropped.is_none() {
-            return Ok(());
-        }
-        drop(dropped);
-        this.sync_interest(py)?;
-        this.lp()
-            .schedule(py, Owner::Datagram(slf.clone().unbind()), IoOp::ConnectionLost(exc))
-    }
-
-    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (protocol, connected) = this.state.with(py, |s| {
-            (s.protocol.as_ref().map(|p| p.clone_ref(py)), s.protocol_connected)
-        })?;
-        let told = match protocol {
-            Some(p) if connected => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
-            _ => Ok(()),
-        };
-        let (sock, protocol, peers, dest) = this.state.with(py, |s| {
-            s.interest = Interest::NONE;
-            (s.sock.take(), s.protocol.take(), s.peers.clear(), s.dest.take())
-        })?;
-        drop((peers, dest));
-        this.lp().detach_owner(py, this.fd)?;
-        if let Some(sock) = sock {
-            sock.bind(py).call_method0("close")?;
-        }
-        drop(protocol);
-        told
+        let args = PyTuple::new(py, [glue::exc_value(py, err)])?;
+        base::call_protocol(slf, protocol.bind(py), intern!(py, "error_received"), &args)
     }
 
     fn run_start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
-        if let Some(protocol) = this.protocol(py)? {
-            let method = protocol.bind(py).getattr("connection_made")?;
-            Self::report(slf, method.call1((slf,)).map(drop), &method, slf.as_any())?;
+        if let Some(protocol) = base::protocol(slf.get(), py)? {
+            let args = PyTuple::new(py, [slf])?;
+            base::call_protocol(slf, protocol.bind(py), intern!(py, "connection_made"), &args)?;
         }
-        this.state.with(py, |s| s.started = true)?;
-        this.sync_interest(py)?;
-        if let Some(waiter) = waiter {
-            let waiter = waiter.bind(py);
-            if !waiter.call_method0("cancelled")?.is_truthy()? {
-                waiter.call_method1("set_result", (py.None(),))?;
-            }
-        }
-        Ok(())
+        base::started(slf, waiter)
     }
 
     /// Reads and delivers up to [`READ_BATCH`] datagrams, while the socket has them and the
@@ -338,12 +289,12 @@ impl DatagramTransport {
     fn run_read(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let fd = this.fd;
+        let fd = this.base.fd;
         for _ in 0..READ_BATCH {
             let protocol = this.state.with(py, |s| {
                 s.protocol
                     .as_ref()
-                    .filter(|_| s.wanted_interest().readable)
+                    .filter(|_| base::State::wanted_interest(s).readable)
                     .map(|p| p.clone_ref(py))
             })?;
             let Some(protocol) = protocol else {
@@ -351,10 +302,10 @@ impl DatagramTransport {
             };
             // NOTE: making the bytes inside the borrow is allowed: bytes are not GC-tracked, so
             // their allocation cannot start a collection that runs finalizers.
-            let got = this.lp().with_read_buf(py, |buf| {
+            let got = this.base.lp().with_read_buf(py, |buf| {
                 match rustix::net::recvfrom(fd_of(fd), &mut buf[..], RecvFlags::DONTWAIT) {
                     Ok((n, _, addr)) => {
-                        this.lp().stats.read(n);
+                        this.base.lp().stats.read(n);
                         Ok((PyBytes::new(py, &buf[..n]), addr))
                     }
                     Err(e) => Err(e),
@@ -369,7 +320,7 @@ impl DatagramTransport {
             let protocol = protocol.bind(py);
             if let Err(err) = protocol.call_method1(intern!(py, "datagram_received"), (&data, &addr)) {
                 let method = protocol.getattr(intern!(py, "datagram_received"))?;
-                Self::report(slf, Err(err), &method, data.as_any())?;
+                base::report(slf, Err(err), &method, &PyTuple::new(py, [&data])?)?;
             }
         }
         Ok(())
@@ -400,15 +351,12 @@ impl DatagramTransport {
                 Sent::Failed(err) => return Self::send_failed(slf, &err),
             }
         }
-        let resume = this.state.with(py, |s| s.flow.should_resume(s.buffer_size))?;
-        if resume {
-            flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
-        }
-        let (empty, closing) = this.state.with(py, |s| (s.queue.is_empty(), s.closing))?;
+        base::maybe_resume_protocol(slf)?;
+        let (empty, closing) = this.state.with(py, |s| (s.queue.is_empty(), s.flags.closing))?;
         if empty {
-            this.sync_interest(py)?;
+            base::sync_interest(slf)?;
             if closing {
-                return Self::connection_lost(slf, None);
+                return base::connection_lost(slf, None);
             }
         }
         Ok(())
@@ -419,18 +367,18 @@ impl DatagramTransport {
             IoOp::Start(waiter) => Self::run_start(slf, waiter),
             IoOp::Read => Self::run_read(slf),
             IoOp::Write => Self::run_write(slf),
-            IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::ConnectionLost(exc) => base::connection_lost(slf, exc),
             // Not used by datagram transports (readiness only).
             IoOp::Eof | IoOp::Done(_) | IoOp::Deliver | IoOp::Rearm => Ok(()),
         }
     }
 
     pub fn context(&self) -> &Py<PyAny> {
-        &self.context
+        &self.base.context
     }
 
     pub fn wants(&self, py: Python<'_>) -> Interest {
-        self.state.with(py, |s| s.wanted_interest()).unwrap_or(Interest::NONE)
+        base::wants(self, py)
     }
 }
 
@@ -459,10 +407,12 @@ impl DatagramTransport {
             None => false,
         };
         Ok(DatagramTransport {
-            loop_: loop_.clone().unbind(),
-            fd,
-            extra: extra.unbind(),
-            context: copy_context(py)?,
+            base: Base {
+                loop_: loop_.clone().unbind(),
+                fd,
+                extra: extra.unbind(),
+                context: copy_context(py)?,
+            },
             address: address.filter(|a| !a.is_none()).map(|a| a.clone().unbind()),
             connected,
             state: AttachedCell::new(State {
@@ -471,12 +421,7 @@ impl DatagramTransport {
                 protocol_connected: true,
                 queue: VecDeque::new(),
                 buffer_size: 0,
-                started: false,
-                paused: false,
-                closing: false,
-                conn_lost: 0,
-                flow: WaterMarks::default(),
-                interest: Interest::NONE,
+                flags: Flags::default(),
                 peers: PeerCache::default(),
                 dest: None,
             }),
@@ -485,12 +430,7 @@ impl DatagramTransport {
 
     #[pyo3(signature = (waiter=None))]
     fn _start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        this.lp()
-            .attach_owner(py, this.fd, Owner::Datagram(slf.clone().unbind()))?;
-        this.lp()
-            .schedule(py, Owner::Datagram(slf.clone().unbind()), IoOp::Start(waiter))
+        base::start(slf, waiter)
     }
 
     /// Sends the datagram `data` to `addr` (to the connected peer when `addr` is None); queued
@@ -526,18 +466,18 @@ impl DatagramTransport {
             }
             addr = Some(own.clone());
         }
-        let (conn_lost, queued) = this.state.with(py, |s| (s.conn_lost, !s.queue.is_empty()))?;
+        let (conn_lost, queued) = this.state.with(py, |s| (s.flags.conn_lost, !s.queue.is_empty()))?;
         if conn_lost > 0 && this.address.is_some() {
             if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                 glue::helper(py, "log_warning")?.call1(("socket.send() raised exception.",))?;
             }
-            this.state.with(py, |s| s.conn_lost += 1)?;
+            this.state.with(py, |s| s.flags.conn_lost += 1)?;
             return Ok(());
         }
         if !queued && is_strided_view(data) {
             // asyncio hands the view to sock.sendto(), which refuses it (a fatal write error);
             // with datagrams queued it queues bytes(data), as here.
-            return Self::fatal_error(slf, &not_contiguous(), "Fatal write error on datagram transport");
+            return base::fatal_error(slf, &not_contiguous(), "Fatal write error on datagram transport");
         }
         if !queued {
             match this.send_one(py, bytes.as_bytes(), addr.as_ref()) {
@@ -550,11 +490,11 @@ impl DatagramTransport {
         let pause = this.state.with(py, |s| {
             s.queue.push_back((bytes.unbind(), addr.map(Bound::unbind)));
             s.buffer_size += size + header;
-            s.flow.should_pause(s.buffer_size)
+            s.flags.flow.should_pause(s.buffer_size)
         })?;
-        this.sync_interest(py)?;
+        base::sync_interest(slf)?;
         if pause {
-            flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
+            flow_callback(slf.as_any(), base::protocol(this, py)?, "pause_writing")?;
         }
         Ok(())
     }
@@ -562,59 +502,42 @@ impl DatagramTransport {
     /// Closes the transport: what is queued is sent first, then the protocol's
     /// `connection_lost(None)` is called.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let lost = this.state.with(py, |s| {
-            if s.closing {
-                return None;
-            }
-            s.closing = true;
-            let lost = s.queue.is_empty();
-            if lost {
-                s.conn_lost += 1;
-            }
-            Some(lost)
-        })?;
-        let Some(lost) = lost else { return Ok(()) };
-        this.sync_interest(py)?;
-        if lost {
-            this.lp()
-                .schedule(py, Owner::Datagram(slf.clone().unbind()), IoOp::ConnectionLost(None))?;
-        }
-        Ok(())
+        base::close(slf)
     }
 
     /// Closes the transport at once, dropping what is queued; the protocol's
     /// `connection_lost(None)` is called.
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::force_close(slf, None)
+        base::force_close(slf, None)
     }
 
     /// asyncio's private `_force_close(exc)`.
     fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        Self::force_close(slf, exc.filter(|e| !e.is_none(slf.py())))
+        base::force_close_py(slf, exc)
     }
 
     /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        base::flag(self, py, |f| f.closing)
     }
 
     /// Whether received data is delivered to the protocol (reading is not paused).
     fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.is_reading())
+        base::flag(self, py, Flags::is_reading)
     }
 
     /// Stops delivering received data to the protocol until `resume_reading()`.
-    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        self.state.with(py, |s| s.paused |= s.is_reading())?;
-        self.sync_interest(py)
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get()
+            .state
+            .with(slf.py(), |s| s.flags.paused |= s.flags.is_reading())?;
+        base::sync_interest(slf)
     }
 
     /// Delivers received data to the protocol again.
-    fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
-        self.state.with(py, |s| s.paused &= s.closing)?;
-        self.sync_interest(py)
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().state.with(slf.py(), |s| s.flags.paused &= s.flags.closing)?;
+        base::sync_interest(slf)
     }
 
     /// Makes `protocol` the transport's protocol.
@@ -630,17 +553,17 @@ impl DatagramTransport {
 
     /// The transport's protocol.
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.protocol(py)
+        base::protocol(self, py)
     }
 
     /// The size of what is queued to be written.
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.state.with(py, |s| s.buffer_size)
+        base::buffer_size(self, py)
     }
 
     /// `(low, high)`: the write buffer's water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        self.state.with(py, |s| (s.flow.low, s.flow.high))
+        base::write_limits(self, py)
     }
 
     /// Sets the write buffer's water marks: the protocol's `pause_writing()` is called when the
@@ -651,18 +574,7 @@ impl DatagramTransport {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (high, low) = write_buffer_limits(high, low)?;
-        let pause = this.state.with(py, |s| {
-            s.flow.high = high;
-            s.flow.low = low;
-            s.flow.should_pause(s.buffer_size)
-        })?;
-        if pause {
-            flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
-        }
-        Ok(())
+        base::set_write_buffer_limits(slf, high, low)
     }
 
     #[getter]
@@ -672,17 +584,17 @@ impl DatagramTransport {
 
     #[getter]
     fn _sock_fd(&self) -> RawFd {
-        self.fd
+        self.base.fd
     }
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.loop_.clone_ref(py)
+        self.base.loop_.clone_ref(py)
     }
 
     #[getter]
     fn _protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.protocol(py)
+        base::protocol(self, py)
     }
 
     #[getter]
@@ -692,28 +604,26 @@ impl DatagramTransport {
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        base::flag(self, py, |f| f.closing)
     }
 
     #[getter]
     fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
-        self.state.with(py, |s| s.conn_lost)
+        base::flag(self, py, |f| f.conn_lost)
     }
 
     /// The extra-info dict `asyncio.BaseTransport.get_extra_info` reads.
     #[getter]
     fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
-        self.extra.clone_ref(py)
+        self.base.extra.clone_ref(py)
     }
 
     fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
-        self.state.with(py, |s| (s.interest.readable, s.interest.writable))
+        base::polling(self, py)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.loop_)?;
-        visit.call(&self.extra)?;
-        visit.call(&self.context)?;
+        self.base.traverse(&visit)?;
         visit.call(&self.address)?;
         let Some(s) = self.state.for_traverse() else {
             return Ok(());

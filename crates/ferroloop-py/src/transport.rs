@@ -12,6 +12,8 @@ use pyo3::types::PyMemoryView;
 
 use crate::glue;
 
+pub mod base;
+
 /// asyncio's default high-water mark for a transport's write buffer.
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.

@@ -9,96 +9,109 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 use rustix::io::Errno;
 
-use super::{call_protocol, connection_lost, protocol_of, resolve_waiter, start, Common, PipeState};
+use super::{new_base, pipe_of, run_start, set_protocol, traverse, Ends, PipeState};
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
+use crate::transport::base::{self, Base, Flags, Transport};
 use crate::transport::fd_of;
 
-struct ReadState {
-    pipe: Option<Py<PyAny>>,
-    protocol: Option<Py<PyAny>>,
-    started: bool,
-    paused: bool,
-    closing: bool,
-    interest: Interest,
+pub struct ReadState {
+    ends: Ends,
+    flags: Flags,
 }
 
-impl ReadState {
-    fn is_reading(&self) -> bool {
-        !self.paused && !self.closing
+impl base::State for ReadState {
+    type Released = Option<Py<PyAny>>;
+    type Dropped = ();
+
+    fn flags(&self) -> &Flags {
+        &self.flags
+    }
+
+    fn flags_mut(&mut self) -> &mut Flags {
+        &mut self.flags
+    }
+
+    fn protocol(&self) -> Option<&Py<PyAny>> {
+        self.ends.protocol.as_ref()
+    }
+
+    fn wanted_interest(&self) -> Interest {
+        Interest {
+            readable: self.flags.started && self.flags.is_reading(),
+            writable: false,
+        }
+    }
+
+    /// A pipe end is asked for what it watches now.
+    fn wants(&self) -> Interest {
+        self.flags.interest
+    }
+
+    fn drop_writes(&mut self) {}
+
+    fn release(&mut self, _py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
+        self.ends.release()
     }
 }
 
 impl PipeState for ReadState {
-    fn protocol(&self) -> Option<&Py<PyAny>> {
-        self.protocol.as_ref()
+    fn ends(&self) -> &Ends {
+        &self.ends
     }
 
-    fn set_started(&mut self) {
-        self.started = true;
-    }
-
-    fn release(&mut self) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
-        self.interest = Interest::NONE;
-        (self.pipe.take(), self.protocol.take())
+    fn ends_mut(&mut self) -> &mut Ends {
+        &mut self.ends
     }
 }
 
 #[pyclass(frozen, subclass, weakref, extends = crate::transport_root::TransportRoot, module = "ferroloop._ferroloop")]
 pub struct ReadPipeTransport {
-    common: Common,
+    base: Base,
     state: AttachedCell<ReadState>,
 }
 
-impl ReadPipeTransport {
-    fn protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        protocol_of(py, &self.state)
+impl Transport for ReadPipeTransport {
+    type State = ReadState;
+
+    fn base(&self) -> &Base {
+        &self.base
     }
 
-    fn sync_interest(&self, py: Python<'_>) -> PyResult<()> {
-        let change = self.state.with(py, |s| {
-            let want = Interest {
-                readable: s.started && s.is_reading(),
-                writable: false,
-            };
-            (want != s.interest).then(|| {
-                s.interest = want;
-                want
-            })
-        })?;
-        match change {
-            Some(interest) => self.common.lp().set_owner_interest(py, self.common.fd, interest),
-            None => Ok(()),
-        }
+    fn state(&self) -> &AttachedCell<ReadState> {
+        &self.state
     }
 
     fn owner(slf: &Bound<'_, Self>) -> Owner {
         Owner::ReadPipe(slf.clone().unbind())
     }
 
+    fn lose(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::close_with(slf, exc)
+    }
+}
+
+impl ReadPipeTransport {
     /// asyncio's `_close`: stop reading, then `connection_lost(exc)` on the next pass.
     fn close_with(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        this.state.with(py, |s| s.closing = true)?;
-        this.sync_interest(py)?;
-        this.common
-            .lp()
-            .schedule(py, Self::owner(slf), IoOp::ConnectionLost(exc))
+        base::close_now(slf, exc, |s| {
+            s.flags.closing = true;
+            Some(())
+        })
     }
 
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let fd = this.common.fd;
+        let fd = this.base.fd;
         let read = this
-            .common
+            .base
             .lp()
             .with_read_buf(py, |buf| match rustix::io::read(fd_of(fd), &mut buf[..]) {
                 Ok(n) => {
-                    this.common.lp().stats.read(n);
+                    this.base.lp().stats.read(n);
                     Ok(PyBytes::new(py, &buf[..n]))
                 }
                 Err(e) => Err(e),
@@ -116,66 +129,47 @@ impl ReadPipeTransport {
                 return Self::close_with(slf, Some(glue::exc_value(py, &err).clone().into_any().unbind()));
             }
         };
-        let Some(protocol) = this.protocol(py)? else {
+        let Some(protocol) = base::protocol(this, py)? else {
             return Ok(());
         };
         if !data.as_bytes().is_empty() {
-            return call_protocol(
-                slf.as_any(),
-                &this.common,
+            return base::call_protocol(
+                slf,
                 protocol.bind(py),
                 intern!(py, "data_received"),
                 &PyTuple::new(py, [data])?,
             );
         }
-        if this.common.lp().debug() {
+        if this.base.lp().debug() {
             glue::helper(py, "log_info")?.call1(("%r was closed by peer", slf))?;
         }
-        this.state.with(py, |s| s.closing = true)?;
-        this.sync_interest(py)?;
-        this.common.lp().schedule(py, Self::owner(slf), IoOp::Eof)?;
-        this.common
-            .lp()
-            .schedule(py, Self::owner(slf), IoOp::ConnectionLost(None))
-    }
-
-    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let this = slf.get();
-        connection_lost(slf.py(), &this.common, &this.state, exc)
+        this.state.with(py, |s| s.flags.closing = true)?;
+        base::sync_interest(slf)?;
+        base::schedule(slf, IoOp::Eof)?;
+        base::schedule(slf, IoOp::ConnectionLost(None))
     }
 
     pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
         match op {
-            IoOp::Start(waiter) => {
-                start(slf.as_any(), &this.common, &this.state)?;
-                this.sync_interest(py)?;
-                resolve_waiter(py, waiter)
-            }
+            IoOp::Start(waiter) => run_start(slf, waiter),
             IoOp::Read => Self::read_ready(slf),
-            IoOp::Eof => match this.protocol(py)? {
-                Some(p) => call_protocol(
-                    slf.as_any(),
-                    &this.common,
-                    p.bind(py),
-                    intern!(py, "eof_received"),
-                    &PyTuple::empty(py),
-                ),
+            IoOp::Eof => match base::protocol(slf.get(), py)? {
+                Some(p) => base::call_protocol(slf, p.bind(py), intern!(py, "eof_received"), &PyTuple::empty(py)),
                 None => Ok(()),
             },
-            IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::ConnectionLost(exc) => base::connection_lost(slf, exc),
             // Pipes are readiness-driven on every backend.
             IoOp::Write | IoOp::Done(_) | IoOp::Deliver | IoOp::Rearm => Ok(()),
         }
     }
 
     pub fn context(&self) -> &Py<PyAny> {
-        &self.common.context
+        &self.base.context
     }
 
     pub fn wants(&self, py: Python<'_>) -> Interest {
-        self.state.with(py, |s| s.interest).unwrap_or(Interest::NONE)
+        base::wants(self, py)
     }
 }
 
@@ -192,96 +186,59 @@ impl ReadPipeTransport {
     ) -> PyResult<Self> {
         let _ = waiter; // resolved by `_start`, once the object exists
         Ok(ReadPipeTransport {
-            common: Common::new(loop_, pipe, extra)?,
+            base: new_base(loop_, pipe, extra)?,
             state: AttachedCell::new(ReadState {
-                pipe: Some(pipe.clone().unbind()),
-                protocol: Some(protocol.clone().unbind()),
-                started: false,
-                paused: false,
-                closing: false,
-                interest: Interest::NONE,
+                ends: Ends::new(pipe, protocol),
+                flags: Flags::default(),
             }),
         })
     }
 
     #[pyo3(signature = (waiter=None))]
     fn _start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        this.common.lp().attach_owner(py, this.common.fd, Self::owner(slf))?;
-        this.common.lp().schedule(py, Self::owner(slf), IoOp::Start(waiter))
+        base::start(slf, waiter)
     }
 
     /// Whether received data is delivered to the protocol (reading is not paused).
     fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.is_reading())
+        base::flag(self, py, Flags::is_reading)
     }
 
     /// Stops delivering received data to the protocol until `resume_reading()`.
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let pause = this.state.with(py, |s| {
-            let pause = s.is_reading();
-            s.paused |= pause;
-            pause
-        })?;
-        if pause {
-            this.sync_interest(py)?;
-            if this.common.lp().debug() {
-                glue::helper(py, "log_debug")?.call1(("%r pauses reading", slf))?;
-            }
-        }
-        Ok(())
+        base::pause_reading(slf)
     }
 
     /// Delivers received data to the protocol again.
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let resume = this.state.with(py, |s| {
-            let resume = !s.closing && s.paused;
-            s.paused &= !resume;
-            resume
-        })?;
-        if resume {
-            this.sync_interest(py)?;
-            if this.common.lp().debug() {
-                glue::helper(py, "log_debug")?.call1(("%r resumes reading", slf))?;
-            }
-        }
-        Ok(())
+        base::resume_reading(slf)
     }
 
     /// Makes `protocol` the transport's protocol.
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let old = self
-            .state
-            .with(protocol.py(), |s| s.protocol.replace(protocol.clone().unbind()))?;
-        drop(old);
-        Ok(())
+        set_protocol(self, protocol)
     }
 
     /// The transport's protocol.
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.protocol(py)
+        base::protocol(self, py)
     }
 
     /// The extra-info dict `asyncio.BaseTransport.get_extra_info` reads.
     #[getter]
     fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
-        self.common.extra(py)
+        self.base.extra.clone_ref(py)
     }
 
     /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        base::flag(self, py, |f| f.closing)
     }
 
     /// Closes the transport: what is queued is sent first, then the protocol's
     /// `connection_lost(None)` is called.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.get().state.with(slf.py(), |s| s.closing)? {
+        if base::flag(slf.get(), slf.py(), |f| f.closing)? {
             return Ok(());
         }
         Self::close_with(slf, None)
@@ -295,34 +252,29 @@ impl ReadPipeTransport {
 
     #[getter]
     fn _pipe(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.state.with(py, |s| s.pipe.as_ref().map(|p| p.clone_ref(py)))
+        pipe_of(self, py)
     }
 
     #[getter]
     fn _fileno(&self) -> RawFd {
-        self.common.fd
+        self.base.fd
     }
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.common.loop_.clone_ref(py)
+        self.base.loop_.clone_ref(py)
     }
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        base::flag(self, py, |f| f.closing)
     }
 
     fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
-        self.state.with(py, |s| (s.interest.readable, s.interest.writable))
+        base::polling(self, py)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.common.traverse(&visit)?;
-        let Some(s) = self.state.for_traverse() else {
-            return Ok(());
-        };
-        visit.call(&s.pipe)?;
-        visit.call(&s.protocol)
+        traverse(self, &visit)
     }
 }

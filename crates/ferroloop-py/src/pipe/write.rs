@@ -11,105 +11,122 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 use rustix::io::Errno;
 
-use super::{connection_lost, protocol_of, resolve_waiter, start, Common, PipeState};
+use super::{new_base, pipe_of, run_start, set_protocol, traverse, Ends, PipeState};
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::stream::Chunk;
-use crate::transport::{
-    fd_of, flow_callback, is_strided_view, not_contiguous, write_buffer_limits, WaterMarks,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
-};
+use crate::transport::base::{self, Base, Flags, Transport};
+use crate::transport::{fd_of, is_strided_view, not_contiguous, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
-#[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, one for one
-struct WriteState {
-    pipe: Option<Py<PyAny>>,
-    protocol: Option<Py<PyAny>>,
+pub struct WriteState {
+    ends: Ends,
     writes: WriteQueue<Chunk>,
     /// Watch for readability: the reader went away (pipes and sockets only).
     watch_peer: bool,
-    started: bool,
-    closing: bool,
-    conn_lost: u32,
-    /// asyncio's write-side flow control (`_FlowControlMixin`).
-    flow: WaterMarks,
-    interest: Interest,
+    flags: Flags,
+}
+
+impl base::State for WriteState {
+    type Released = Option<Py<PyAny>>;
+    type Dropped = Vec<Chunk>;
+
+    fn flags(&self) -> &Flags {
+        &self.flags
+    }
+
+    fn flags_mut(&mut self) -> &mut Flags {
+        &mut self.flags
+    }
+
+    fn protocol(&self) -> Option<&Py<PyAny>> {
+        self.ends.protocol.as_ref()
+    }
+
+    fn wanted_interest(&self) -> Interest {
+        let f = &self.flags;
+        Interest {
+            readable: f.started
+                && self.watch_peer
+                && self.ends.pipe.is_some()
+                && !(f.closing && self.writes.is_empty()),
+            writable: !self.writes.is_empty(),
+        }
+    }
+
+    /// A pipe end is asked for what it watches now.
+    fn wants(&self) -> Interest {
+        self.flags.interest
+    }
+
+    fn buffer_size(&self) -> usize {
+        self.writes.len()
+    }
+
+    fn writes_pending(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    fn drop_writes(&mut self) -> Vec<Chunk> {
+        self.writes.clear()
+    }
+
+    fn release(&mut self, _py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
+        self.ends.release()
+    }
 }
 
 impl PipeState for WriteState {
-    fn protocol(&self) -> Option<&Py<PyAny>> {
-        self.protocol.as_ref()
+    fn ends(&self) -> &Ends {
+        &self.ends
     }
 
-    fn set_started(&mut self) {
-        self.started = true;
-    }
-
-    fn release(&mut self) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
-        self.interest = Interest::NONE;
-        (self.pipe.take(), self.protocol.take())
+    fn ends_mut(&mut self) -> &mut Ends {
+        &mut self.ends
     }
 }
 
 #[pyclass(frozen, subclass, weakref, extends = crate::transport_root::TransportRoot, module = "ferroloop._ferroloop")]
 pub struct WritePipeTransport {
-    common: Common,
+    base: Base,
     state: AttachedCell<WriteState>,
 }
 
-impl WritePipeTransport {
-    fn protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        protocol_of(py, &self.state)
+impl Transport for WritePipeTransport {
+    type State = WriteState;
+
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    fn state(&self) -> &AttachedCell<WriteState> {
+        &self.state
     }
 
     fn owner(slf: &Bound<'_, Self>) -> Owner {
         Owner::WritePipe(slf.clone().unbind())
     }
 
-    fn sync_interest(&self, py: Python<'_>) -> PyResult<()> {
-        let change = self.state.with(py, |s| {
-            let want = Interest {
-                readable: s.started && s.watch_peer && s.pipe.is_some() && !(s.closing && s.writes.is_empty()),
-                writable: !s.writes.is_empty(),
-            };
-            (want != s.interest).then(|| {
-                s.interest = want;
-                want
-            })
-        })?;
-        match change {
-            Some(interest) => self.common.lp().set_owner_interest(py, self.common.fd, interest),
-            None => Ok(()),
-        }
+    fn lose(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::close_with(slf, exc)
     }
+}
 
+impl WritePipeTransport {
     /// asyncio's `_close`: drop queued data, stop watching, `connection_lost(exc)` next pass.
     fn close_with(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let dropped = this.state.with(py, |s| {
-            s.closing = true;
+        base::close_now(slf, exc, |s| {
+            s.flags.closing = true;
             s.watch_peer = false;
-            s.writes.clear()
-        })?;
-        drop(dropped);
-        this.sync_interest(py)?;
-        this.common
-            .lp()
-            .schedule(py, Self::owner(slf), IoOp::ConnectionLost(exc))
-    }
-
-    fn fatal_error(slf: &Bound<'_, Self>, err: &PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        glue::helper(py, "transport_fatal_error")?.call1((slf, glue::exc_value(py, err), message))?;
-        Self::close_with(slf, Some(glue::exc_value(py, err).clone().into_any().unbind()))
+            Some(s.writes.clear())
+        })
     }
 
     fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let fd = this.common.fd;
+        let fd = this.base.fd;
         let flushed = this
             .state
             .with(py, |s| s.writes.flush(|iov| Ok(rustix::io::writev(fd_of(fd), iov)?)))?;
@@ -123,63 +140,34 @@ impl WritePipeTransport {
                 Ok(())
             }
             Err(e) => {
-                this.state.with(py, |s| s.conn_lost += 1)?;
-                Self::fatal_error(slf, &os_error(&e), "Fatal write error on pipe transport")
+                this.state.with(py, |s| s.flags.conn_lost += 1)?;
+                base::fatal_error(slf, &os_error(&e), "Fatal write error on pipe transport")
             }
             Ok((n, done)) => {
-                this.common.lp().stats.wrote(n);
+                this.base.lp().stats.wrote(n);
                 drop(done);
                 if !this.state.with(py, |s| s.writes.is_empty())? {
                     return Ok(());
                 }
-                this.sync_interest(py)?;
-                Self::maybe_resume_protocol(slf)?;
-                if this.state.with(py, |s| s.closing && s.writes.is_empty())? {
-                    this.sync_interest(py)?;
-                    return Self::connection_lost(slf, None);
+                base::sync_interest(slf)?;
+                base::maybe_resume_protocol(slf)?;
+                if this.state.with(py, |s| s.flags.closing && s.writes.is_empty())? {
+                    base::sync_interest(slf)?;
+                    return base::connection_lost(slf, None);
                 }
                 Ok(())
             }
         }
     }
 
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let resume = this.state.with(py, |s| s.flow.should_resume(s.writes.len()))?;
-        if resume {
-            flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
-        }
-        Ok(())
-    }
-
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let pause = this.state.with(py, |s| s.flow.should_pause(s.writes.len()))?;
-        if pause {
-            flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
-        }
-        Ok(())
-    }
-
-    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let this = slf.get();
-        connection_lost(slf.py(), &this.common, &this.state, exc)
-    }
-
     pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         match op {
-            IoOp::Start(waiter) => {
-                start(slf.as_any(), &this.common, &this.state)?;
-                this.sync_interest(py)?;
-                resolve_waiter(py, waiter)
-            }
+            IoOp::Start(waiter) => run_start(slf, waiter),
             IoOp::Read => {
                 // Readable on a write pipe: the reading end is gone.
-                if this.common.lp().debug() {
+                if this.base.lp().debug() {
                     glue::helper(py, "log_info")?.call1(("%r was closed by peer", slf))?;
                 }
                 let queued = this.state.with(py, |s| !s.writes.is_empty())?;
@@ -191,17 +179,17 @@ impl WritePipeTransport {
                 Self::close_with(slf, exc)
             }
             IoOp::Write => Self::write_ready(slf),
-            IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::ConnectionLost(exc) => base::connection_lost(slf, exc),
             IoOp::Eof | IoOp::Done(_) | IoOp::Deliver | IoOp::Rearm => Ok(()),
         }
     }
 
     pub fn context(&self) -> &Py<PyAny> {
-        &self.common.context
+        &self.base.context
     }
 
     pub fn wants(&self, py: Python<'_>) -> Interest {
-        self.state.with(py, |s| s.interest).unwrap_or(Interest::NONE)
+        base::wants(self, py)
     }
 }
 
@@ -218,17 +206,12 @@ impl WritePipeTransport {
     ) -> PyResult<Self> {
         let _ = waiter; // resolved by `_start`, once the object exists
         Ok(WritePipeTransport {
-            common: Common::new(loop_, pipe, extra)?,
+            base: new_base(loop_, pipe, extra)?,
             state: AttachedCell::new(WriteState {
-                pipe: Some(pipe.clone().unbind()),
-                protocol: Some(protocol.clone().unbind()),
+                ends: Ends::new(pipe, protocol),
                 writes: WriteQueue::new(),
                 watch_peer: false,
-                started: false,
-                closing: false,
-                conn_lost: 0,
-                flow: WaterMarks::default(),
-                interest: Interest::NONE,
+                flags: Flags::default(),
             }),
         })
     }
@@ -236,11 +219,8 @@ impl WritePipeTransport {
     /// `watch_peer`: the fd is a pipe or socket, whose readability means the reader went away.
     #[pyo3(signature = (waiter=None, watch_peer=false))]
     fn _start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>, watch_peer: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        this.state.with(py, |s| s.watch_peer = watch_peer)?;
-        this.common.lp().attach_owner(py, this.common.fd, Self::owner(slf))?;
-        this.common.lp().schedule(py, Self::owner(slf), IoOp::Start(waiter))
+        slf.get().state.with(slf.py(), |s| s.watch_peer = watch_peer)?;
+        base::start(slf, waiter)
     }
 
     /// Writes `data` (a bytes-like object): sent at once if the peer can take it, else queued and
@@ -262,20 +242,20 @@ impl WritePipeTransport {
         }
         let (lost, queued) = this
             .state
-            .with(py, |s| (s.conn_lost > 0 || s.closing, !s.writes.is_empty()))?;
+            .with(py, |s| (s.flags.conn_lost > 0 || s.flags.closing, !s.writes.is_empty()))?;
         if !lost && is_strided_view(data) {
             // asyncio hands the view to os.write(), which refuses it (a fatal write error), or,
             // with data queued, adds it to its bytearray buffer, which refuses it too.
             if queued {
                 return Err(PyTypeError::new_err("can't concat memoryview to bytearray"));
             }
-            this.state.with(py, |s| s.conn_lost += 1)?;
-            return Self::fatal_error(slf, &not_contiguous(), "Fatal write error on pipe transport");
+            this.state.with(py, |s| s.flags.conn_lost += 1)?;
+            return base::fatal_error(slf, &not_contiguous(), "Fatal write error on pipe transport");
         }
         if lost {
             let count = this.state.with(py, |s| {
-                s.conn_lost += 1;
-                s.conn_lost - 1
+                s.flags.conn_lost += 1;
+                s.flags.conn_lost - 1
             })?;
             if count >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                 glue::helper(py, "log_warning")?
@@ -285,9 +265,9 @@ impl WritePipeTransport {
         }
         let mut sent = 0;
         if !queued {
-            match rustix::io::write(fd_of(this.common.fd), chunk.as_bytes()) {
+            match rustix::io::write(fd_of(this.base.fd), chunk.as_bytes()) {
                 Ok(n) => {
-                    this.common.lp().stats.wrote(n);
+                    this.base.lp().stats.wrote(n);
                     if n == size {
                         return Ok(());
                     }
@@ -295,15 +275,15 @@ impl WritePipeTransport {
                 }
                 Err(Errno::AGAIN | Errno::INTR) => {}
                 Err(e) => {
-                    this.state.with(py, |s| s.conn_lost += 1)?;
-                    return Self::fatal_error(slf, &os_error(&e.into()), "Fatal write error on pipe transport");
+                    this.state.with(py, |s| s.flags.conn_lost += 1)?;
+                    return base::fatal_error(slf, &os_error(&e.into()), "Fatal write error on pipe transport");
                 }
             }
         }
         this.state
             .with(py, |s| s.writes.push(Chunk::Bytes(chunk.unbind()), sent))?;
-        this.sync_interest(py)?;
-        Self::maybe_pause_protocol(slf)
+        base::sync_interest(slf)?;
+        base::maybe_pause_protocol(slf)
     }
 
     /// Writes the bytes-like objects of `list_of_data`, in order.
@@ -323,18 +303,16 @@ impl WritePipeTransport {
         let py = slf.py();
         let this = slf.get();
         let lost_now = this.state.with(py, |s| {
-            if s.closing {
+            if s.flags.closing {
                 return None;
             }
-            s.closing = true;
+            s.flags.closing = true;
             Some(s.writes.is_empty())
         })?;
         if lost_now == Some(true) {
             this.state.with(py, |s| s.watch_peer = false)?;
-            this.sync_interest(py)?;
-            this.common
-                .lp()
-                .schedule(py, Self::owner(slf), IoOp::ConnectionLost(None))?;
+            base::sync_interest(slf)?;
+            base::schedule(slf, IoOp::ConnectionLost(None))?;
         }
         Ok(())
     }
@@ -342,7 +320,11 @@ impl WritePipeTransport {
     /// Closes the transport: what is queued is sent first, then the protocol's
     /// `connection_lost(None)` is called.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.get().state.with(slf.py(), |s| s.pipe.is_some() && !s.closing)? {
+        if slf
+            .get()
+            .state
+            .with(slf.py(), |s| s.ends.pipe.is_some() && !s.flags.closing)?
+        {
             Self::write_eof(slf)?;
         }
         Ok(())
@@ -362,37 +344,33 @@ impl WritePipeTransport {
 
     /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        base::flag(self, py, |f| f.closing)
     }
 
     /// Makes `protocol` the transport's protocol.
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let old = self
-            .state
-            .with(protocol.py(), |s| s.protocol.replace(protocol.clone().unbind()))?;
-        drop(old);
-        Ok(())
+        set_protocol(self, protocol)
     }
 
     /// The transport's protocol.
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.protocol(py)
+        base::protocol(self, py)
     }
 
     /// The extra-info dict `asyncio.BaseTransport.get_extra_info` reads.
     #[getter]
     fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
-        self.common.extra(py)
+        self.base.extra.clone_ref(py)
     }
 
     /// The size of what is queued to be written.
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.state.with(py, |s| s.writes.len())
+        base::buffer_size(self, py)
     }
 
     /// `(low, high)`: the write buffer's water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        self.state.with(py, |s| (s.flow.low, s.flow.high))
+        base::write_limits(self, py)
     }
 
     /// Sets the write buffer's water marks: the protocol's `pause_writing()` is called when the
@@ -403,54 +381,44 @@ impl WritePipeTransport {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let (high, low) = write_buffer_limits(high, low)?;
-        slf.get().state.with(slf.py(), |s| {
-            s.flow.high = high;
-            s.flow.low = low;
-        })?;
-        Self::maybe_pause_protocol(slf)
+        base::set_write_buffer_limits(slf, high, low)
     }
 
     #[getter]
     fn _pipe(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.state.with(py, |s| s.pipe.as_ref().map(|p| p.clone_ref(py)))
+        pipe_of(self, py)
     }
 
     #[getter]
     fn _fileno(&self) -> RawFd {
-        self.common.fd
+        self.base.fd
     }
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.common.loop_.clone_ref(py)
+        self.base.loop_.clone_ref(py)
     }
 
     #[getter]
     fn _protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.protocol(py)
+        base::protocol(self, py)
     }
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        base::flag(self, py, |f| f.closing)
     }
 
     #[getter]
     fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
-        self.state.with(py, |s| s.conn_lost)
+        base::flag(self, py, |f| f.conn_lost)
     }
 
     fn _polling(&self, py: Python<'_>) -> PyResult<(bool, bool)> {
-        self.state.with(py, |s| (s.interest.readable, s.interest.writable))
+        base::polling(self, py)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.common.traverse(&visit)?;
-        let Some(s) = self.state.for_traverse() else {
-            return Ok(());
-        };
-        visit.call(&s.pipe)?;
-        visit.call(&s.protocol)
+        traverse(self, &visit)
     }
 }

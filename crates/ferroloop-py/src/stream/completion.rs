@@ -25,6 +25,7 @@ use super::{protocol_buffer_error, Chunk, ReadStep, State, StreamTransport};
 use crate::completion::Done;
 use crate::glue::os_error;
 use crate::owner::{IoOp, Owner};
+use crate::transport::base;
 use crate::transport::{is_exit, with_bytes_mut};
 use ferroloop_core::driver::uring::Uring;
 use ferroloop_core::driver::BufRef;
@@ -158,7 +159,12 @@ fn transient(errno: i32) -> bool {
 }
 
 fn wants_recv(s: &State) -> bool {
-    s.started && s.is_reading() && !s.read_eof && s.conn_lost == 0 && !s.ops.eof_held() && !s.ops.starved
+    s.flags.started
+        && s.flags.is_reading()
+        && !s.read_eof
+        && s.flags.conn_lost == 0
+        && !s.ops.eof_held()
+        && !s.ops.starved
 }
 
 impl StreamTransport {
@@ -178,29 +184,32 @@ impl StreamTransport {
                 _ => Recv::Leave,
             };
             // The next send of a queue holding a refused memoryview fails instead (mod.rs).
-            let refused = s.ops.send.is_none() && s.refused && s.conn_lost == 0;
+            let refused = s.ops.send.is_none() && s.refused && s.flags.conn_lost == 0;
             let send = match (s.ops.send, s.writes.front()) {
-                (None, Some((Chunk::Bytes(b), offset))) if s.conn_lost == 0 && !refused => {
+                (None, Some((Chunk::Bytes(b), offset))) if s.flags.conn_lost == 0 && !refused => {
                     Some((b.clone_ref(py), offset))
                 }
                 _ => None,
             };
             let cancel_send = match s.ops.send {
-                Some(op) if s.conn_lost > 0 && !s.ops.send_cancelled => {
+                Some(op) if s.flags.conn_lost > 0 && !s.ops.send_cancelled => {
                     s.ops.send_cancelled = true;
                     Some(op)
                 }
                 _ => None,
             };
-            let deliver =
-                s.is_reading() && s.conn_lost == 0 && !s.read_eof && !s.ops.held.is_empty() && !s.ops.delivering;
+            let deliver = s.flags.is_reading()
+                && s.flags.conn_lost == 0
+                && !s.read_eof
+                && !s.ops.held.is_empty()
+                && !s.ops.delivering;
             s.ops.delivering |= deliver;
             (recv, send, cancel_send, deliver, refused)
         })?;
-        let lp = this.lp();
+        let lp = this.base.lp();
         match recv {
             Recv::Start => {
-                let op = lp.start_recv(py, this.fd, Owner::Stream(slf.clone().unbind()))?;
+                let op = lp.start_recv(py, this.base.fd, Owner::Stream(slf.clone().unbind()))?;
                 this.state.with(py, |s| {
                     s.ops.recv = Some(op);
                     s.ops.recv_cancelled = false;
@@ -210,7 +219,7 @@ impl StreamTransport {
             Recv::Leave => {}
         }
         if let Some((data, offset)) = send {
-            let op = lp.start_send(py, this.fd, Owner::Stream(slf.clone().unbind()), data, offset)?;
+            let op = lp.start_send(py, this.base.fd, Owner::Stream(slf.clone().unbind()), data, offset)?;
             this.state.with(py, |s| {
                 s.ops.send = Some(op);
                 s.ops.send_cancelled = false;
@@ -257,7 +266,7 @@ impl StreamTransport {
                     from: 0,
                 };
                 let given = Self::give_buffered(slf, &get_buffer, &buffer_updated, &mut source);
-                this.lp().with_uring(py, |u| {
+                this.base.lp().with_uring(py, |u| {
                     if let Some(u) = u {
                         for &(buf, _) in parts {
                             u.recycle(buf);
@@ -265,11 +274,11 @@ impl StreamTransport {
                     }
                 })?;
                 given?;
-                return Self::sync_interest(slf);
+                return base::sync_interest(slf);
             }
         }
         // The buffers go back to the kernel whatever becomes of their data.
-        let data = this.lp().take_buffers(py, &done.buffers)?;
+        let data = this.base.lp().take_buffers(py, &done.buffers)?;
         match kind {
             Kind::Recv => Self::on_received(slf, done.result, data),
             Kind::Send => Self::on_sent(slf, done.result),
@@ -281,8 +290,8 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let lost = this.state.with(py, |s| {
-            s.ops.discarded |= s.conn_lost > 0 && result > 0;
-            s.conn_lost > 0
+            s.ops.discarded |= s.flags.conn_lost > 0 && result > 0;
+            s.flags.conn_lost > 0
         })?;
         if lost {
             return Ok(());
@@ -290,51 +299,51 @@ impl StreamTransport {
         if result == -Errno::NOBUFS.raw_os_error() {
             // Every provided buffer is taken: wait for some to come back (`LoopCore::starve`).
             this.state.with(py, |s| s.ops.starved = true)?;
-            return this.lp().starve(py, Owner::Stream(slf.clone().unbind()));
+            return this.base.lp().starve(py, Owner::Stream(slf.clone().unbind()));
         }
         if result < 0 {
             if !transient(-result) {
                 let err = os_error(&std::io::Error::from_raw_os_error(-result));
-                Self::fatal_error(slf, &err, "Fatal read error on socket transport")?;
+                base::fatal_error(slf, &err, "Fatal read error on socket transport")?;
             }
-            return Self::sync_interest(slf);
+            return base::sync_interest(slf);
         }
         // `None` for the peer's EOF (a receive of 0 bytes, which ends the operation).
         let item = if result > 0 { data } else { None };
-        this.lp().stats.read(usize::try_from(result).unwrap_or(0));
+        this.base.lp().stats.read(usize::try_from(result).unwrap_or(0));
         let direct = this
             .state
-            .with(py, |s| s.is_reading() && !s.read_eof && s.ops.held.is_empty())?;
+            .with(py, |s| s.flags.is_reading() && !s.read_eof && s.ops.held.is_empty())?;
         if direct {
             Self::give(slf, item)?;
         } else {
             this.state.with(py, |s| s.ops.held.push_back(item.map(Bound::unbind)))?;
         }
-        Self::sync_interest(slf)
+        base::sync_interest(slf)
     }
 
     /// Buffers came back after the receive ended with `ENOBUFS`: start it again (if it is
     /// still wanted).
     pub(super) fn rearm(slf: &Bound<'_, Self>) -> PyResult<()> {
         slf.get().state.with(slf.py(), |s| s.ops.starved = false)?;
-        Self::sync_interest(slf)
+        base::sync_interest(slf)
     }
 
     fn on_sent(slf: &Bound<'_, Self>, result: i32) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.state.with(py, |s| s.conn_lost > 0)? {
+        if this.state.with(py, |s| s.flags.conn_lost > 0)? {
             return Ok(()); // the queue was dropped with the connection
         }
         if result < 0 && transient(-result) {
-            return Self::sync_interest(slf); // sent again
+            return base::sync_interest(slf); // sent again
         }
         let flushed = match usize::try_from(result) {
             Ok(n) => Ok((n, this.state.with(py, |s| s.writes.consume(n))?)),
             Err(_) => Err(super::reset_not_pipe(
                 std::io::Error::from_raw_os_error(-result),
                 true,
-                this.fd,
+                this.base.fd,
             )),
         };
         Self::after_flush(slf, flushed)
@@ -360,7 +369,7 @@ impl StreamTransport {
     fn buffered_now<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
         let py = slf.py();
         let direct = slf.get().state.with(py, |s| {
-            s.conn_lost == 0 && s.is_reading() && !s.read_eof && s.ops.held.is_empty()
+            s.flags.conn_lost == 0 && s.flags.is_reading() && !s.read_eof && s.ops.held.is_empty()
         })?;
         if !direct {
             return Ok(None);
@@ -387,7 +396,7 @@ impl StreamTransport {
                     if target.is_empty() {
                         return Ok(0);
                     }
-                    this.lp().with_uring(py, |u| source.copy_into(u, target))
+                    this.base.lp().with_uring(py, |u| source.copy_into(u, target))
                 });
                 match n {
                     Some(Ok(n)) if n > 0 => Ok(n),
@@ -398,17 +407,19 @@ impl StreamTransport {
             let n = match copied {
                 Ok(n) => n,
                 Err(err) if is_exit(py, &err) => return Err(err),
-                Err(err) => return Self::fatal_error(slf, &err, "Fatal error: protocol.get_buffer() call failed."),
+                Err(err) => return base::fatal_error(slf, &err, "Fatal error: protocol.get_buffer() call failed."),
             };
             if let Err(err) = buffer_updated.call1((n,)) {
                 if is_exit(py, &err) {
                     return Err(err);
                 }
-                return Self::fatal_error(slf, &err, "Fatal error: protocol.buffer_updated() call failed.");
+                return base::fatal_error(slf, &err, "Fatal error: protocol.buffer_updated() call failed.");
             }
-            let reading = this.state.with(py, |s| s.conn_lost == 0 && s.is_reading())?;
+            let reading = this
+                .state
+                .with(py, |s| s.flags.conn_lost == 0 && s.flags.is_reading())?;
             if !reading && !source.is_empty() {
-                let rest = this.lp().with_uring(py, |u| source.rest(py, u))?;
+                let rest = this.base.lp().with_uring(py, |u| source.rest(py, u))?;
                 this.state.with(py, |s| s.ops.held.push_front(Some(rest.unbind())))?;
                 break;
             }
@@ -423,7 +434,7 @@ impl StreamTransport {
         this.state.with(py, |s| s.ops.delivering = false)?;
         loop {
             let next = this.state.with(py, |s| {
-                if s.conn_lost == 0 && s.is_reading() && !s.read_eof {
+                if s.flags.conn_lost == 0 && s.flags.is_reading() && !s.read_eof {
                     s.ops.held.pop_front()
                 } else {
                     None
@@ -432,6 +443,6 @@ impl StreamTransport {
             let Some(item) = next else { break };
             Self::give(slf, item.map(|b| b.into_bound(py)))?;
         }
-        Self::sync_interest(slf)
+        base::sync_interest(slf)
     }
 }

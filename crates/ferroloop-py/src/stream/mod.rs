@@ -40,9 +40,9 @@ use crate::stats::Stats;
 use crate::tls::TlsProtocol;
 
 mod completion;
+use crate::transport::base::{self, Base, Flags, Transport};
 use crate::transport::{
-    compat_flag, fd_of, flow_callback, is_exit, not_contiguous, with_bytes, with_bytes_mut, write_buffer_limits,
-    WaterMarks, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    compat_flag, fd_of, is_exit, not_contiguous, with_bytes, with_bytes_mut, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 
 /// asyncio's `max_size`: the most one read takes.
@@ -124,7 +124,7 @@ enum Reader {
 }
 
 #[allow(clippy::struct_excessive_bools)] // asyncio's transport flags, one for one
-struct State {
+pub struct State {
     sock: Option<Py<PyAny>>,
     proto: Option<Proto>,
     protocol_connected: bool,
@@ -138,33 +138,21 @@ struct State {
     /// A non-contiguous memoryview is queued (3.12+): asyncio queues it as it is, and the next
     /// `sendmsg()` of the queue refuses it, a fatal write error. The next flush fails so.
     refused: bool,
-    /// Reading was started by the `Start` op (asyncio's deferred `_add_reader`).
-    started: bool,
-    paused: bool,
     /// The peer's EOF was seen and the protocol kept the connection open: no more reads.
     read_eof: bool,
     /// Bytes of the last read (for a `Protocol`): large reads skip the loop's buffer (`read`).
     last_read: usize,
-    closing: bool,
     eof: bool,
-    conn_lost: u32,
-    /// asyncio's write-side flow control (`_FlowControlMixin`).
-    flow: WaterMarks,
     empty_waiter: Option<Py<PyAny>>,
-    /// What the loop watches the fd for on our behalf.
-    interest: Interest,
+    flags: Flags,
     /// Reads and queued writes are `io_uring` operations (see `completion.rs`).
     completion: bool,
     ops: completion::Ops,
 }
 
 impl State {
-    fn is_reading(&self) -> bool {
-        !self.closing && !self.paused
-    }
-
     /// `get_write_buffer_size()`: the queued bytes, where asyncio counts bytes.
-    fn buffer_size(&self) -> usize {
+    fn counted_size(&self) -> usize {
         let bytes = self.writes.len();
         let Some((first, unit)) = self.counted.front() else {
             return bytes;
@@ -209,93 +197,133 @@ impl State {
         self.refused = false;
         (self.writes.clear(), std::mem::take(&mut self.counted))
     }
+}
+
+/// What `connection_lost` releases besides the socket.
+pub struct Released {
+    /// Close with a reset (see `Ops::discards_data`).
+    reset: bool,
+    proto: Option<Proto>,
+    server: Option<Py<PyAny>>,
+    waiter: Option<Py<PyAny>>,
+}
+
+impl base::State for State {
+    type Released = Released;
+    type Dropped = (Vec<Chunk>, VecDeque<(Py<PyBytes>, usize)>);
+
+    fn flags(&self) -> &Flags {
+        &self.flags
+    }
+
+    fn flags_mut(&mut self) -> &mut Flags {
+        &mut self.flags
+    }
+
+    fn protocol(&self) -> Option<&Py<PyAny>> {
+        self.proto.as_ref().map(|p| &p.protocol)
+    }
+
+    fn protocol_connected(&self) -> bool {
+        self.protocol_connected
+    }
 
     fn wanted_interest(&self) -> Interest {
         if self.completion {
             return Interest::NONE;
         }
+        let f = &self.flags;
         Interest {
-            readable: self.started && self.is_reading() && !self.read_eof && self.conn_lost == 0,
+            readable: f.started && f.is_reading() && !self.read_eof && f.conn_lost == 0,
             writable: !self.writes.is_empty(),
         }
+    }
+
+    fn completion(&self) -> bool {
+        self.completion
+    }
+
+    fn buffer_size(&self) -> usize {
+        self.counted_size()
+    }
+
+    fn writes_pending(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    fn drop_writes(&mut self) -> Self::Dropped {
+        self.clear_writes()
+    }
+
+    fn release(&mut self, py: Python<'_>) -> (Option<Py<PyAny>>, Released) {
+        let reset = self.completion && self.ops.discards_data();
+        let sock = self.sock.take();
+        let released = Released {
+            reset,
+            proto: self.proto.take(),
+            server: self.server.take(),
+            waiter: self.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+        };
+        (sock, released)
     }
 }
 
 #[pyclass(frozen, subclass, weakref, extends = crate::transport_root::TransportRoot, module = "ferroloop._ferroloop")]
 pub struct StreamTransport {
-    loop_: Py<LoopCore>,
-    fd: RawFd,
-    extra: Py<PyDict>,
-    /// The context protocol callbacks run in: a copy of the creator's.
-    context: Py<PyAny>,
+    base: Base,
     state: AttachedCell<State>,
 }
 
+impl Transport for StreamTransport {
+    type State = State;
+
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    fn state(&self) -> &AttachedCell<State> {
+        &self.state
+    }
+
+    fn owner(slf: &Bound<'_, Self>) -> Owner {
+        Owner::Stream(slf.clone().unbind())
+    }
+
+    fn sync_completion(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::sync_ops(slf)
+    }
+
+    fn lose(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        base::force_close(slf, exc)
+    }
+
+    fn before_close(&self, sock: Option<&Py<PyAny>>, released: &mut Released) {
+        if sock.is_some() && released.reset {
+            // Unread data makes the kernel's close a reset on a readiness loop (see
+            // `Ops::discards_data`); a zero linger makes it one here. (TCP only: a UNIX
+            // socket has no linger, and its peer sees a clean EOF.)
+            let _ = rustix::net::sockopt::set_socket_linger(fd_of(self.base.fd), Some(std::time::Duration::ZERO));
+        }
+    }
+
+    fn after_close(slf: &Bound<'_, Self>, released: Released) -> PyResult<()> {
+        let py = slf.py();
+        drop(released.proto);
+        if let Some(server) = released.server {
+            glue::helper(py, "server_detach")?.call1((server, slf))?;
+        }
+        if let Some(w) = released.waiter {
+            let err = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+            w.bind(py)
+                .call_method1(intern!(py, "set_exception"), (glue::exc_value(py, &err),))?;
+        }
+        Ok(())
+    }
+}
+
 impl StreamTransport {
-    fn lp(&self) -> &LoopCore {
-        self.loop_.get()
-    }
-
     pub fn context(&self) -> &Py<PyAny> {
-        &self.context
-    }
-
-    /// Tells the loop what to watch the fd for, if that changed; in the completion model, starts
-    /// or cancels the receive and starts the next send.
-    fn sync_interest(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        // One borrow: `Err` for the completion model, else the readiness interest if it changed.
-        let change = this.state.with(py, |s| {
-            if s.completion {
-                return Err(());
-            }
-            let want = s.wanted_interest();
-            Ok((want != s.interest).then(|| {
-                s.interest = want;
-                want
-            }))
-        })?;
-        match change {
-            Err(()) => Self::sync_ops(slf),
-            Ok(Some(interest)) => this.lp().set_owner_interest(py, this.fd, interest),
-            Ok(None) => Ok(()),
-        }
-    }
-
-    fn protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.state
-            .with(py, |s| s.proto.as_ref().map(|p| p.protocol.clone_ref(py)))
-    }
-
-    /// asyncio's `_fatal_error`: report (through the exception handler unless it is an
-    /// `OSError`), then force the connection closed.
-    fn fatal_error(slf: &Bound<'_, Self>, exc: &PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        glue::helper(py, "transport_fatal_error")?.call1((slf, glue::exc_value(py, exc), message))?;
-        Self::force_close(slf, Some(glue::exc_value(py, exc).clone().into_any().unbind()))
-    }
-
-    /// asyncio's `_force_close`.
-    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let dropped = this.state.with(py, |s| {
-            if s.conn_lost > 0 {
-                return None;
-            }
-            let dropped = s.clear_writes();
-            s.closing = true;
-            s.conn_lost += 1;
-            Some(dropped)
-        })?;
-        if dropped.is_none() {
-            return Ok(());
-        }
-        drop(dropped);
-        Self::sync_interest(slf)?;
-        this.lp()
-            .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::ConnectionLost(exc))
+        &self.base.context
     }
 
     fn run_start(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
@@ -303,7 +331,7 @@ impl StreamTransport {
         let this = slf.get();
         // connection_made runs as its own callback in asyncio: its exception is reported, and
         // reading starts regardless.
-        if let Some(protocol) = this.protocol(py)? {
+        if let Some(protocol) = base::protocol(this, py)? {
             let made = protocol
                 .bind(py)
                 .call_method1(intern!(py, "connection_made"), (slf,))
@@ -320,15 +348,7 @@ impl StreamTransport {
                 ))?;
             }
         }
-        this.state.with(py, |s| s.started = true)?;
-        Self::sync_interest(slf)?;
-        if let Some(waiter) = waiter {
-            let waiter = waiter.bind(py);
-            if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
-                waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
-            }
-        }
-        Ok(())
+        base::started(slf, waiter)
     }
 
     fn run_read(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -346,7 +366,7 @@ impl StreamTransport {
         let py = slf.py();
         // `Bound` clones: dropping them is a plain decref (a `Py` first checks thread state).
         slf.get().state.with(py, |s| {
-            if s.conn_lost > 0 || !s.is_reading() {
+            if s.flags.conn_lost > 0 || !s.flags.is_reading() {
                 return None;
             }
             let large = s.last_read >= read::DIRECT_READ_MIN;
@@ -364,13 +384,13 @@ impl StreamTransport {
     fn read_data(slf: &Bound<'_, Self>, sink: &Sink<'_>, large: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let data = match read::read_bytes(this.lp(), py, this.fd, large)? {
+        let data = match read::read_bytes(this.base.lp(), py, this.base.fd, large)? {
             Ok(data) => data,
             Err(Errno::AGAIN | Errno::INTR) => return Ok(()),
-            Err(e) => return Self::fatal_error(slf, &os_error(&e.into()), "Fatal read error on socket transport"),
+            Err(e) => return base::fatal_error(slf, &os_error(&e.into()), "Fatal read error on socket transport"),
         };
         let n = data.as_bytes().len();
-        this.lp().stats.read(n);
+        this.base.lp().stats.read(n);
         this.state.with(py, |s| s.last_read = n)?;
         if n == 0 {
             return Self::on_eof(slf);
@@ -396,7 +416,7 @@ impl StreamTransport {
             if is_exit(py, &err) {
                 return Err(err);
             }
-            Self::fatal_error(slf, &err, message)?;
+            base::fatal_error(slf, &err, message)?;
         }
         Ok(())
     }
@@ -408,7 +428,7 @@ impl StreamTransport {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let fd = this.fd;
+        let fd = this.base.fd;
         let got = get_buffer.call1((-1,)).and_then(|buf| {
             let read = with_bytes_mut(&buf, |target| {
                 (!target.is_empty()).then(|| rustix::net::recv(fd_of(fd), target, RecvFlags::empty()))
@@ -419,15 +439,15 @@ impl StreamTransport {
         let read = match got {
             Ok(read) => read,
             Err(err) if is_exit(py, &err) => return Err(err),
-            Err(err) => return Self::fatal_error(slf, &err, "Fatal error: protocol.get_buffer() call failed."),
+            Err(err) => return base::fatal_error(slf, &err, "Fatal error: protocol.get_buffer() call failed."),
         };
         let n = match read {
             Ok((n, _)) => {
-                this.lp().stats.read(n);
+                this.base.lp().stats.read(n);
                 n
             }
             Err(Errno::AGAIN | Errno::INTR) => return Ok(()),
-            Err(e) => return Self::fatal_error(slf, &os_error(&e.into()), "Fatal read error on socket transport"),
+            Err(e) => return base::fatal_error(slf, &os_error(&e.into()), "Fatal read error on socket transport"),
         };
         if n == 0 {
             return Self::on_eof(slf);
@@ -436,7 +456,7 @@ impl StreamTransport {
             if is_exit(py, &err) {
                 return Err(err);
             }
-            Self::fatal_error(slf, &err, "Fatal error: protocol.buffer_updated() call failed.")?;
+            base::fatal_error(slf, &err, "Fatal error: protocol.buffer_updated() call failed.")?;
         }
         Ok(())
     }
@@ -445,10 +465,10 @@ impl StreamTransport {
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.lp().debug() {
+        if this.base.lp().debug() {
             glue::helper(py, "log_debug")?.call1(("%r received EOF", slf))?;
         }
-        let Some(protocol) = this.protocol(py)? else {
+        let Some(protocol) = base::protocol(this, py)? else {
             return Ok(());
         };
         match protocol
@@ -459,23 +479,23 @@ impl StreamTransport {
             Ok(true) => {
                 // Keep the connection open for writing; stop watching for reads.
                 this.state.with(py, |s| s.read_eof = true)?;
-                Self::sync_interest(slf)
+                base::sync_interest(slf)
             }
             Ok(false) => Self::close(slf),
             Err(err) if is_exit(py, &err) => Err(err),
-            Err(err) => Self::fatal_error(slf, &err, "Fatal error: protocol.eof_received() call failed."),
+            Err(err) => base::fatal_error(slf, &err, "Fatal error: protocol.eof_received() call failed."),
         }
     }
 
     fn run_write(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let fd = this.fd;
-        if this.state.with(py, |s| s.refused && s.conn_lost == 0)? {
+        let fd = this.base.fd;
+        if this.state.with(py, |s| s.refused && s.flags.conn_lost == 0)? {
             return Self::flush_refused(slf);
         }
         let flushed = this.state.with(py, |s| {
-            if s.conn_lost > 0 || s.writes.is_empty() {
+            if s.flags.conn_lost > 0 || s.writes.is_empty() {
                 return None;
             }
             Some(s.writes.flush(|iov| send_vectored(fd, iov)))
@@ -499,7 +519,7 @@ impl StreamTransport {
             return Self::write_after_loss(slf, attempt.conn_lost);
         }
         if !attempt.queued {
-            return Self::fatal_error(slf, &not_contiguous(), "Fatal write error on socket transport");
+            return base::fatal_error(slf, &not_contiguous(), "Fatal write error on socket transport");
         }
         if !write_buffer_counts_len(py)? {
             // 3.11's `self._buffer.extend(data)` (the same switch: 3.12's zero-copy queue).
@@ -511,7 +531,7 @@ impl StreamTransport {
             s.queue(py, Chunk::Bytes(copy.unbind()), 0, per_item);
             s.refused = true;
         })?;
-        Self::maybe_pause_protocol(slf)
+        base::maybe_pause_protocol(slf)
     }
 
     /// A write to a lost connection is dropped and counted; asyncio warns from the fifth on.
@@ -520,7 +540,7 @@ impl StreamTransport {
         if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
             glue::helper(py, "log_warning")?.call1(("socket.send() raised exception.",))?;
         }
-        slf.get().state.with(py, |s| s.conn_lost += 1)
+        slf.get().state.with(py, |s| s.flags.conn_lost += 1)
     }
 
     /// The flush of a queue holding a refused memoryview (see `write_not_contiguous`).
@@ -535,8 +555,8 @@ impl StreamTransport {
         let this = slf.get();
         let dropped = this.state.with(py, State::clear_writes)?;
         drop(dropped);
-        Self::sync_interest(slf)?;
-        Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+        base::sync_interest(slf)?;
+        base::fatal_error(slf, err, "Fatal write error on socket transport")?;
         if let Some(w) = this
             .state
             .with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py)))?
@@ -552,7 +572,7 @@ impl StreamTransport {
     fn after_flush(slf: &Bound<'_, Self>, flushed: std::io::Result<(usize, Vec<Chunk>)>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let fd = this.fd;
+        let fd = this.base.fd;
         match flushed {
             Err(e)
                 if matches!(
@@ -564,31 +584,31 @@ impl StreamTransport {
             }
             Err(e) => Self::write_failed(slf, &os_error(&e)),
             Ok((n, done)) => {
-                this.lp().stats.wrote(n);
+                this.base.lp().stats.wrote(n);
                 if !done.is_empty() {
                     this.state.with(py, |s| s.sent(&done))?;
                 }
                 drop(done);
-                Self::maybe_resume_protocol(slf)?;
+                base::maybe_resume_protocol(slf)?;
                 let (empty, completion, closing, eof, waiter) = this.state.with(py, |s| {
                     (
                         s.writes.is_empty(),
                         s.completion,
-                        s.closing,
+                        s.flags.closing,
                         s.eof,
                         s.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
                     )
                 })?;
                 if !empty {
                     // The completion model sends the next chunk; readiness keeps watching.
-                    return if completion { Self::sync_interest(slf) } else { Ok(()) };
+                    return if completion { base::sync_interest(slf) } else { Ok(()) };
                 }
-                Self::sync_interest(slf)?;
+                base::sync_interest(slf)?;
                 if let Some(w) = waiter {
                     w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
                 }
                 if closing {
-                    Self::connection_lost(slf, None)
+                    base::connection_lost(slf, None)
                 } else if eof {
                     rustix::net::shutdown(fd_of(fd), Shutdown::Write).map_err(|e| os_error(&e.into()))
                 } else {
@@ -598,80 +618,13 @@ impl StreamTransport {
         }
     }
 
-    /// asyncio's `_call_connection_lost`: tell the protocol, then release the socket.
-    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (protocol, connected) = this.state.with(py, |s| {
-            (s.proto.as_ref().map(|p| p.protocol.clone_ref(py)), s.protocol_connected)
-        })?;
-        let told = match protocol {
-            Some(p) if connected => p
-                .bind(py)
-                .call_method1(intern!(py, "connection_lost"), (exc,))
-                .map(drop),
-            _ => Ok(()),
-        };
-        // Whatever the protocol did, the socket is released (asyncio's `finally:`).
-        let (reset, sock, proto, server, waiter) = this.state.with(py, |s| {
-            s.interest = Interest::NONE;
-            (
-                s.completion && s.ops.discards_data(),
-                s.sock.take(),
-                s.proto.take(),
-                s.server.take(),
-                s.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
-            )
-        })?;
-        this.lp().detach_owner(py, this.fd)?;
-        if let Some(sock) = sock {
-            if reset {
-                // Unread data makes the kernel's close a reset on a readiness loop (see
-                // `Ops::discards_data`); a zero linger makes it one here. (TCP only: a UNIX
-                // socket has no linger, and its peer sees a clean EOF.)
-                let _ = rustix::net::sockopt::set_socket_linger(fd_of(this.fd), Some(std::time::Duration::ZERO));
-            }
-            sock.bind(py).call_method0(intern!(py, "close"))?;
-        }
-        drop(proto);
-        if let Some(server) = server {
-            glue::helper(py, "server_detach")?.call1((server, slf))?;
-        }
-        if let Some(w) = waiter {
-            let err = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
-            w.bind(py)
-                .call_method1(intern!(py, "set_exception"), (glue::exc_value(py, &err),))?;
-        }
-        told
-    }
-
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let pause = this.state.with(py, |s| s.flow.should_pause(s.buffer_size()))?;
-        if pause {
-            flow_callback(slf.as_any(), this.protocol(py)?, "pause_writing")?;
-        }
-        Ok(())
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let resume = this.state.with(py, |s| s.flow.should_resume(s.buffer_size()))?;
-        if resume {
-            flow_callback(slf.as_any(), this.protocol(py)?, "resume_writing")?;
-        }
-        Ok(())
-    }
-
     /// Runs one op the loop dequeued for this transport.
     pub fn run_op(slf: &Bound<'_, Self>, op: IoOp) -> PyResult<()> {
         match op {
             IoOp::Start(waiter) => Self::run_start(slf, waiter),
             IoOp::Read => Self::run_read(slf),
             IoOp::Write => Self::run_write(slf),
-            IoOp::ConnectionLost(exc) => Self::connection_lost(slf, exc),
+            IoOp::ConnectionLost(exc) => base::connection_lost(slf, exc),
             IoOp::Done(done) => Self::on_done(slf, done),
             IoOp::Deliver => Self::deliver_held(slf),
             IoOp::Rearm => Self::rearm(slf),
@@ -681,7 +634,7 @@ impl StreamTransport {
 
     /// Whether the transport currently wants `Read`/`Write` ops (checked when they are queued).
     pub fn wants(&self, py: Python<'_>) -> Interest {
-        self.state.with(py, |s| s.wanted_interest()).unwrap_or(Interest::NONE)
+        base::wants(self, py)
     }
 }
 
@@ -843,12 +796,14 @@ impl StreamTransport {
             .unbind();
         let server = server.filter(|s| !s.is_none()).map(|s| s.clone().unbind());
         let transport = StreamTransport {
-            loop_: loop_.clone().unbind(),
-            fd,
-            extra,
-            context: match context.filter(|c| !c.is_none(py)) {
-                Some(c) => c,
-                None => copy_context(py)?,
+            base: Base {
+                loop_: loop_.clone().unbind(),
+                fd,
+                extra,
+                context: match context.filter(|c| !c.is_none(py)) {
+                    Some(c) => c,
+                    None => copy_context(py)?,
+                },
             },
             state: AttachedCell::new(State {
                 sock: Some(sock.clone().unbind()),
@@ -859,16 +814,11 @@ impl StreamTransport {
                 counted: VecDeque::new(),
                 overcount: 0,
                 refused: false,
-                started: false,
-                paused: false,
                 read_eof: false,
                 last_read: 0,
-                closing: false,
                 eof: false,
-                conn_lost: 0,
-                flow: WaterMarks::default(),
                 empty_waiter: None,
-                interest: Interest::NONE,
+                flags: Flags::default(),
                 completion: loop_.get().completion_streams(py)?,
                 ops: completion::Ops::default(),
             }),
@@ -887,10 +837,7 @@ impl StreamTransport {
         if let Some(server) = server {
             glue::helper(py, "server_attach")?.call1((server, slf))?;
         }
-        this.lp()
-            .attach_owner(py, this.fd, Owner::Stream(slf.clone().unbind()))?;
-        this.lp()
-            .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::Start(waiter))
+        base::start(slf, waiter)
     }
 
     /// Writes `data` (a bytes-like object): sent at once if the peer can take it, else queued and
@@ -904,7 +851,7 @@ impl StreamTransport {
             return Err(write_type_error(data)?);
         }
         let (eof, waiting, conn_lost, queued) = this.state.with(py, |s| {
-            (s.eof, s.empty_waiter.is_some(), s.conn_lost, !s.writes.is_empty())
+            (s.eof, s.empty_waiter.is_some(), s.flags.conn_lost, !s.writes.is_empty())
         })?;
         if eof {
             return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
@@ -919,8 +866,8 @@ impl StreamTransport {
         // The bytes per counted item, decided once here (1: bytes are counted).
         let unit = |nbytes: usize| counted_items.filter(|&n| n < nbytes).map_or(1, |n| nbytes / n);
         let attempt = Attempt {
-            fd: this.fd,
-            stats: &this.lp().stats,
+            fd: this.base.fd,
+            stats: &this.base.lp().stats,
             conn_lost,
             queued,
         };
@@ -949,13 +896,13 @@ impl StreamTransport {
             Sent::Failed(e) => {
                 let e = this
                     .state
-                    .with(py, |s| reset_not_pipe(e.into(), s.completion, this.fd))?;
-                Self::fatal_error(slf, &os_error(&e), "Fatal write error on socket transport")
+                    .with(py, |s| reset_not_pipe(e.into(), s.completion, this.base.fd))?;
+                base::fatal_error(slf, &os_error(&e), "Fatal write error on socket transport")
             }
             Sent::Part(chunk, offset) => {
                 this.state.with(py, |s| s.queue(py, chunk, offset, per_item))?;
-                Self::sync_interest(slf)?;
-                Self::maybe_pause_protocol(slf)
+                base::sync_interest(slf)?;
+                base::maybe_pause_protocol(slf)
             }
         }
     }
@@ -996,14 +943,14 @@ impl StreamTransport {
     /// Closes the write end once the queued data is sent; reading goes on.
     fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
         let shutdown = self.state.with(py, |s| {
-            if s.closing || s.eof {
+            if s.flags.closing || s.eof {
                 return false;
             }
             s.eof = true;
             s.writes.is_empty()
         })?;
         if shutdown {
-            rustix::net::shutdown(fd_of(self.fd), Shutdown::Write).map_err(|e| os_error(&e.into()))?;
+            rustix::net::shutdown(fd_of(self.base.fd), Shutdown::Write).map_err(|e| os_error(&e.into()))?;
         }
         Ok(())
     }
@@ -1017,84 +964,38 @@ impl StreamTransport {
     /// Closes the transport: what is queued is sent first, then the protocol's
     /// `connection_lost(None)` is called.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let lost = this.state.with(py, |s| {
-            if s.closing {
-                return None;
-            }
-            s.closing = true;
-            if s.writes.is_empty() {
-                s.conn_lost += 1;
-                Some(true)
-            } else {
-                Some(false)
-            }
-        })?;
-        let Some(lost) = lost else { return Ok(()) };
-        Self::sync_interest(slf)?;
-        if lost {
-            this.lp()
-                .schedule(py, Owner::Stream(slf.clone().unbind()), IoOp::ConnectionLost(None))?;
-        }
-        Ok(())
+        base::close(slf)
     }
 
     /// Closes the transport at once, dropping what is queued; the protocol's
     /// `connection_lost(None)` is called.
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::force_close(slf, None)
+        base::force_close(slf, None)
     }
 
     /// asyncio's private `_force_close(exc)`, which `asyncio.sslproto` calls on its transport.
     fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        Self::force_close(slf, exc.filter(|e| !e.is_none(slf.py())))
+        base::force_close_py(slf, exc)
     }
 
     /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        base::flag(self, py, |f| f.closing)
     }
 
     /// Whether received data is delivered to the protocol (reading is not paused).
     fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.is_reading())
+        base::flag(self, py, Flags::is_reading)
     }
 
     /// Stops delivering received data to the protocol until `resume_reading()`.
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let changed = this.state.with(py, |s| {
-            let reading = s.is_reading();
-            s.paused |= reading;
-            reading
-        })?;
-        if changed {
-            Self::sync_interest(slf)?;
-            if this.lp().debug() {
-                glue::helper(py, "log_debug")?.call1(("%r pauses reading", slf))?;
-            }
-        }
-        Ok(())
+        base::pause_reading(slf)
     }
 
     /// Delivers received data to the protocol again.
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let changed = this.state.with(py, |s| {
-            let resume = !s.closing && s.paused;
-            s.paused &= !resume;
-            resume
-        })?;
-        if changed {
-            Self::sync_interest(slf)?;
-            if this.lp().debug() {
-                glue::helper(py, "log_debug")?.call1(("%r resumes reading", slf))?;
-            }
-        }
-        Ok(())
+        base::resume_reading(slf)
     }
 
     /// Makes `protocol` the transport's protocol.
@@ -1111,17 +1012,17 @@ impl StreamTransport {
 
     /// The transport's protocol.
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.protocol(py)
+        base::protocol(self, py)
     }
 
     /// The size of what is queued to be written.
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.state.with(py, |s| s.buffer_size())
+        base::buffer_size(self, py)
     }
 
     /// `(low, high)`: the write buffer's water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        self.state.with(py, |s| (s.flow.low, s.flow.high))
+        base::write_limits(self, py)
     }
 
     /// Sets the write buffer's water marks: the protocol's `pause_writing()` is called when the
@@ -1132,12 +1033,7 @@ impl StreamTransport {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let (high, low) = write_buffer_limits(high, low)?;
-        slf.get().state.with(slf.py(), |s| {
-            s.flow.high = high;
-            s.flow.low = low;
-        })?;
-        Self::maybe_pause_protocol(slf)
+        base::set_write_buffer_limits(slf, high, low)
     }
 
     fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
@@ -1146,7 +1042,7 @@ impl StreamTransport {
         if this.state.with(py, |s| s.empty_waiter.is_some())? {
             return Err(PyRuntimeError::new_err("Empty waiter is already set"));
         }
-        let waiter = crate::tasks::new_future(this.loop_.bind(py).as_any())?;
+        let waiter = crate::tasks::new_future(this.base.loop_.bind(py).as_any())?;
         let empty = this.state.with(py, |s| {
             s.empty_waiter = Some(waiter.clone().unbind());
             s.writes.is_empty()
@@ -1170,39 +1066,39 @@ impl StreamTransport {
 
     #[getter]
     fn _sock_fd(&self) -> RawFd {
-        self.fd
+        self.base.fd
     }
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.loop_.clone_ref(py)
+        self.base.loop_.clone_ref(py)
     }
 
     #[getter]
     fn _protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.protocol(py)
+        base::protocol(self, py)
     }
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.closing)
+        base::flag(self, py, |f| f.closing)
     }
 
     /// The protocol was told to pause writing (asyncio's `_FlowControlMixin._protocol_paused`).
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state.with(py, |s| s.flow.paused)
+        base::flag(self, py, |f| f.flow.paused)
     }
 
     #[getter]
     fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
-        self.state.with(py, |s| s.conn_lost)
+        base::flag(self, py, |f| f.conn_lost)
     }
 
     /// The extra-info dict `asyncio.BaseTransport.get_extra_info` reads.
     #[getter]
     fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
-        self.extra.clone_ref(py)
+        self.base.extra.clone_ref(py)
     }
 
     /// `(reading, writing)`: what the loop watches the fd for on the transport's behalf.
@@ -1211,15 +1107,13 @@ impl StreamTransport {
             if s.completion {
                 (s.ops.receiving(), s.ops.sending())
             } else {
-                (s.interest.readable, s.interest.writable)
+                (s.flags.interest.readable, s.flags.interest.writable)
             }
         })
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.loop_)?;
-        visit.call(&self.extra)?;
-        visit.call(&self.context)?;
+        self.base.traverse(&visit)?;
         let Some(s) = self.state.for_traverse() else {
             return Ok(());
         };
