@@ -21,7 +21,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use rustix::io::Errno;
 
-use super::{protocol_buffer_error, Chunk, ReadStep, State, StreamTransport};
+use super::read::{protocol_buffer_error, ReadStep};
+use super::{Chunk, State, StreamTransport};
 use crate::completion::Done;
 use crate::glue::os_error;
 use crate::owner::{IoOp, Owner};
@@ -340,7 +341,7 @@ impl StreamTransport {
         }
         let flushed = match usize::try_from(result) {
             Ok(n) => Ok((n, this.state.with(py, |s| s.writes.consume(n))?)),
-            Err(_) => Err(super::reset_not_pipe(
+            Err(_) => Err(super::write::reset_not_pipe(
                 std::io::Error::from_raw_os_error(-result),
                 true,
                 this.base.fd,
