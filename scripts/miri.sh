@@ -7,7 +7,7 @@
 # unit test of its own; its one test (tests/driver.rs) goes through a real driver.
 #
 # Under Miri rustix uses its libc backend (its PollFlags are a C short, not a u16): the core
-# compiles on both (uring.rs's poll_mask).
+# compiles on both (driver/uring/mod.rs's poll_mask).
 #
 #   scripts/miri.sh                       # Stacked Borrows (Miri's default aliasing model)
 #   MIRI_MODELS="sb tb" scripts/miri.sh   # then Tree Borrows too

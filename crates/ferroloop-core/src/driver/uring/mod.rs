@@ -4,7 +4,7 @@
 //!
 //! The readiness half gives `add_reader`/`add_writer` semantics identical to the other drivers,
 //! so every loop API runs on it; the completion half is what stream transports and listeners use
-//! on this backend (see the last section).
+//! on this backend (`ops.rs`).
 //!
 //! # Why one-shot polls, not multishot
 //!
@@ -83,13 +83,15 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustix::event::PollFlags;
 use rustix::io::Errno;
 
-use super::bufring::{self, BufRing};
+use super::bufring::BufRing;
 use super::BufRef;
 
 /// `IOU_PBUF_RING_INC`: the flag that registers a buffer ring for incremental consumption.
 const IOU_PBUF_RING_INC: u16 = 2;
 use super::{borrow, check_open, Completion, Event, Interest};
 use crate::waker::Waker;
+
+mod ops;
 
 /// Submission queue entries. A wait arms at most one poll per reported fd; more than this many are
 /// pushed in batches, each submitted when the queue fills.
@@ -517,170 +519,6 @@ impl Uring {
         cancelled && !woken && out.is_empty() && st.completions.is_empty()
     }
 
-    // --- the completion model ---------------------------------------------------------------
-
-    fn push_op(&self, st: &mut State, sqe: &squeue::Entry) -> io::Result<()> {
-        push(&self.ring, &mut st.sq, sqe)?;
-        st.ops_in_flight += 1;
-        Ok(())
-    }
-
-    /// Starts receiving on `fd` into the driver's provided buffers: a completion per arrival
-    /// (`more` while it goes on), `result` 0 at EOF. Reported with `tag` (below bit 62).
-    pub fn recv_multishot(&self, fd: RawFd, tag: u64) -> io::Result<()> {
-        let mut st = self.lock();
-        if st.bufs.is_none() {
-            let mut bufs = BufRing::new()?;
-            // SAFETY: the ring stays allocated (in the state) until the driver is dropped, after
-            // every operation that could use it has ended (`drain_ops`).
-            let register = |flags| unsafe {
-                self.ring
-                    .submitter()
-                    .register_buf_ring_with_flags(bufs.addr(), bufring::ENTRIES, bufring::GROUP, flags)
-            };
-            // Incremental consumption where the kernel has it (6.12), else whole buffers.
-            let incremental = register(IOU_PBUF_RING_INC).is_ok();
-            if !incremental {
-                register(0)?;
-            }
-            bufs.set_incremental(incremental);
-            st.bufs = Some(bufs);
-        }
-        let sqe = opcode::RecvMulti::new(types::Fd(fd), bufring::GROUP)
-            .build()
-            .user_data(OP_BIT | tag);
-        self.push_op(&mut st, &sqe)
-    }
-
-    /// Starts accepting on the listening socket `fd`: a completion per connection, its
-    /// `result` the new fd (non-blocking, close-on-exec) or a negated errno.
-    pub fn accept_multishot(&self, fd: RawFd, tag: u64) -> io::Result<()> {
-        let flags = (rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC).bits() as i32;
-        let sqe = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(flags)
-            .build()
-            .user_data(OP_BIT | tag);
-        let mut st = self.lock();
-        self.push_op(&mut st, &sqe)
-    }
-
-    /// Whether this kernel has what the completion model uses: multishot receives and accepts
-    /// with provided-buffer rings (Linux 6.0). Older kernels keep the readiness model.
-    #[must_use]
-    pub fn completion_supported() -> bool {
-        let release = rustix::system::uname();
-        let release = release.release().to_string_lossy();
-        let mut parts = release
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|p| p.parse::<u32>().ok());
-        matches!((parts.next(), parts.next()), (Some(major), Some(_)) if major >= 6)
-    }
-
-    /// Sends `len` bytes at `ptr` on `fd`; one completion says how many went.
-    ///
-    /// # Safety
-    ///
-    /// The memory must stay valid and unchanged until the completion with `tag` arrives (or the
-    /// driver is dropped, which waits for it).
-    pub unsafe fn send(&self, fd: RawFd, tag: u64, ptr: *const u8, len: usize) -> io::Result<()> {
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
-        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
-            .flags(libc_msg_nosignal())
-            .build()
-            .user_data(OP_BIT | tag);
-        let mut st = self.lock();
-        self.push_op(&mut st, &sqe)
-    }
-
-    /// Asks the kernel to end the operation `tag`, at once; its last completion still comes
-    /// (`ECANCELED`, or whatever it completed with first).
-    pub fn cancel(&self, tag: u64) -> io::Result<()> {
-        let sqe = opcode::AsyncCancel::new(OP_BIT | tag).build().user_data(CANCEL_DATA);
-        {
-            let mut st = self.lock();
-            push(&self.ring, &mut st.sq, &sqe)?;
-        }
-        match self.ring.submit() {
-            Err(e) if !transient(&e) => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Moves the completions reaped so far into `out`.
-    pub fn take_completions(&self, out: &mut Vec<Completion>) {
-        let mut st = self.lock();
-        out.append(&mut st.completions);
-    }
-
-    /// True if completions wait to be taken.
-    pub fn has_completions(&self) -> bool {
-        !self.lock().completions.is_empty()
-    }
-
-    /// Copies bytes `from..` of provided buffer `bid` (a completion's, of `len` bytes) into `out`,
-    /// as many as fit; the buffer stays ours (give it back with [`Uring::recycle`]). Returns the
-    /// bytes copied.
-    pub fn copy_out(&self, buf: BufRef, len: usize, from: usize, out: &mut [u8]) -> usize {
-        let st = self.lock();
-        let bufs = st.bufs.as_ref().expect("a completion with a buffer implies the ring");
-        let data = &bufs.slice(buf, len)[from.min(len)..];
-        let n = data.len().min(out.len());
-        out[..n].copy_from_slice(&data[..n]);
-        n
-    }
-
-    /// Whether the provided buffers are consumed incrementally (see `bufring`); false until the
-    /// first receive registers them.
-    pub fn incremental_buffers(&self) -> bool {
-        self.lock().bufs.as_ref().is_some_and(BufRing::incremental)
-    }
-
-    /// Gives back a completion's part of a provided buffer (see [`BufRef`]).
-    pub fn recycle(&self, buf: BufRef) {
-        if let Some(bufs) = self.lock().bufs.as_mut() {
-            bufs.recycle(buf);
-        }
-    }
-
-    /// Cancels every operation in flight and waits (up to a second) for their last completions,
-    /// so that no kernel write or read of their memory can follow. Completions reaped here are
-    /// discarded. True if none is left in flight.
-    pub fn drain_ops(&self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut cancelled = false;
-        loop {
-            let mut st = self.lock();
-            if st.ops_in_flight == 0 {
-                st.completions.clear();
-                return true;
-            }
-            if !cancelled {
-                let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-                    .build()
-                    .user_data(CANCEL_DATA);
-                if push(&self.ring, &mut st.sq, &sqe).is_err() {
-                    return false;
-                }
-                cancelled = true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            let ts = timespec(deadline - now);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            drop(st);
-            match self.ring.submitter().submit_with_args(1, &args) {
-                Err(e) if !transient(&e) => return false,
-                _ => {}
-            }
-            let mut st = self.lock();
-            let mut events = Vec::new();
-            self.reap(&mut st, &mut events);
-            st.completions.clear();
-        }
-    }
-
     /// The waker registered with this driver.
     pub fn waker(&self) -> &Arc<Waker> {
         &self.waker
@@ -757,145 +595,4 @@ fn refused(err: &io::Error, sysctl: Option<&str>) -> io::Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_say_why_and_what_to_use() {
-        let eperm = io::Error::from(Errno::PERM);
-        for (err, sysctl, says) in [
-            (&eperm, Some("2"), "kernel.io_uring_disabled=2"),
-            (&eperm, Some("1"), "kernel.io_uring_group"),
-            (&eperm, Some("0"), "seccomp"),
-            (&eperm, None, "seccomp"),
-            (&io::Error::from(Errno::NOSYS), None, "5.1"),
-            (&io::Error::from(Errno::NOMEM), Some("0"), "io_uring_setup failed"),
-            (&eperm, Some("2"), "Operation not permitted"),
-        ] {
-            let msg = refused(err, sysctl).to_string();
-            assert!(
-                msg.contains(says) && msg.ends_with("use the epoll backend instead"),
-                "{msg}"
-            );
-        }
-        assert_eq!(refused(&eperm, Some("2")).kind(), io::ErrorKind::PermissionDenied);
-    }
-
-    fn nonblocking_pair() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        b.set_nonblocking(true).unwrap();
-        (a, b)
-    }
-
-    /// A completion's data, and its buffer given back.
-    fn take(d: &Uring, buf: BufRef, len: usize) -> Vec<u8> {
-        let mut out = vec![0; len];
-        assert_eq!(d.copy_out(buf, len, 0, &mut out), len);
-        d.recycle(buf);
-        out
-    }
-
-    fn wait_for(d: &Uring, n: usize) -> Vec<Completion> {
-        let mut out = Vec::new();
-        let mut events = Vec::new();
-        for _ in 0..50 {
-            d.wait(&mut events, Some(Duration::from_millis(20))).unwrap();
-            d.take_completions(&mut out);
-            if out.len() >= n {
-                break;
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn multishot_receive_on_a_nonblocking_socket_waits_for_data() {
-        use std::io::Write;
-        use std::os::fd::AsRawFd;
-        let d = Uring::new().unwrap();
-        let (a, mut b) = nonblocking_pair();
-        d.recv_multishot(a.as_raw_fd(), 7).unwrap();
-        // Nothing to read yet: no completion (not EAGAIN), the receive stays armed.
-        assert_eq!(wait_for(&d, 1), vec![]);
-        b.write_all(b"hello").unwrap();
-        let got = wait_for(&d, 1);
-        assert_eq!(got.len(), 1, "{got:?}");
-        let c = got[0];
-        assert_eq!((c.tag, c.result, c.more), (7, 5, true));
-        assert_eq!(take(&d, c.buffer.unwrap(), 5), b"hello");
-        b.write_all(b"again").unwrap();
-        let c = wait_for(&d, 1)[0];
-        assert_eq!(take(&d, c.buffer.unwrap(), 5), b"again");
-        drop(b);
-        let c = wait_for(&d, 1)[0];
-        assert_eq!((c.result, c.more, c.buffer), (0, false, None)); // EOF ends it
-        assert!(d.drain_ops());
-    }
-
-    #[test]
-    fn small_receives_fill_one_buffer_one_after_the_other() {
-        use std::io::Write;
-        use std::os::fd::AsRawFd;
-        let d = Uring::new().unwrap();
-        let (a, mut b) = nonblocking_pair();
-        d.recv_multishot(a.as_raw_fd(), 7).unwrap();
-        b.write_all(b"hello").unwrap();
-        let first = wait_for(&d, 1)[0].buffer.unwrap();
-        b.write_all(b"again!").unwrap();
-        let second = wait_for(&d, 1)[0].buffer.unwrap();
-        if d.incremental_buffers() {
-            // The kernel goes on in the same buffer, after the first receive.
-            assert_eq!((second.bid, second.offset), (first.bid, 5));
-        } else {
-            assert_eq!((first.offset, second.offset), (0, 0));
-            assert_ne!(first.bid, second.bid);
-        }
-        // Given back in the other order: the first part stays readable until it is given back.
-        assert_eq!(take(&d, second, 6), b"again!");
-        assert_eq!(take(&d, first, 5), b"hello");
-        drop(b);
-        assert!(d.drain_ops());
-    }
-
-    #[test]
-    fn sends_complete_and_cancels_end_receives() {
-        use std::io::Read;
-        use std::os::fd::AsRawFd;
-        let d = Uring::new().unwrap();
-        let (a, mut b) = nonblocking_pair();
-        let data = vec![9u8; 1000];
-        // SAFETY: `data` outlives the wait for the send's completion below.
-        unsafe { d.send(a.as_raw_fd(), 1, data.as_ptr(), data.len()) }.unwrap();
-        d.recv_multishot(a.as_raw_fd(), 2).unwrap();
-        let c = wait_for(&d, 1)[0];
-        assert_eq!((c.tag, c.result, c.more), (1, 1000, false));
-        let mut got = vec![0u8; 1000];
-        b.read_exact(&mut got).unwrap();
-        assert_eq!(got, data);
-        d.cancel(2).unwrap();
-        let c = wait_for(&d, 1)[0];
-        assert_eq!((c.tag, c.result, c.more), (2, -Errno::CANCELED.raw_os_error(), false));
-        assert!(d.drain_ops());
-    }
-
-    #[test]
-    fn dropping_the_driver_ends_operations_in_flight() {
-        use std::os::fd::AsRawFd;
-        let d = Uring::new().unwrap();
-        let (a, _b) = nonblocking_pair();
-        d.recv_multishot(a.as_raw_fd(), 3).unwrap();
-        let mut events = Vec::new();
-        d.wait(&mut events, Some(Duration::ZERO)).unwrap(); // submitted
-        assert!(d.drain_ops());
-        assert_eq!(d.lock().ops_in_flight, 0);
-    }
-
-    #[test]
-    fn user_data_never_collides_with_the_driver_tags() {
-        let data = reg_data(i32::MAX, GEN_MASK);
-        assert!(data < CANCEL_DATA && data >> 62 == 0);
-        assert!(WAKER_DATA & OP_BIT != 0 && [WAKER_DATA, REMOVE_DATA, CANCEL_DATA].iter().all(|d| d >> 63 == 1));
-        assert_eq!((data as u32 as RawFd, (data >> 32) as u32), (i32::MAX, GEN_MASK));
-    }
-}
+mod tests;
