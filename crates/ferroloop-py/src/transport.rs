@@ -36,6 +36,14 @@ pub fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
+/// A flush that found the fd full (or was interrupted): nothing to do until it is writable.
+pub fn retry_later(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
+}
+
 /// Borrows a transport's fd for one syscall.
 pub fn fd_of(fd: RawFd) -> BorrowedFd<'static> {
     // SAFETY: a transport owns its socket object, which keeps the fd open until the transport's

@@ -18,7 +18,7 @@ use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::stream::Chunk;
 use crate::transport::base::{self, Base, Flags, Transport};
-use crate::transport::{fd_of, is_strided_view, not_contiguous, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use crate::transport::{fd_of, is_strided_view, not_contiguous, retry_later, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
 pub struct WriteState {
     ends: Ends,
@@ -131,14 +131,7 @@ impl WritePipeTransport {
             .state
             .with(py, |s| s.writes.flush(|iov| Ok(rustix::io::writev(fd_of(fd), iov)?)))?;
         match flushed {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if retry_later(&e) => Ok(()),
             Err(e) => {
                 this.state.with(py, |s| s.flags.conn_lost += 1)?;
                 base::fatal_error(slf, &os_error(&e), "Fatal write error on pipe transport")

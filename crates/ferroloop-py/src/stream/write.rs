@@ -17,7 +17,9 @@ use super::{Chunk, State, StreamTransport};
 use crate::glue::{self, os_error};
 use crate::stats::Stats;
 use crate::transport::base;
-use crate::transport::{compat_flag, fd_of, not_contiguous, with_bytes, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use crate::transport::{
+    compat_flag, fd_of, not_contiguous, retry_later, with_bytes, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
 
 /// Whether asyncio's socket transport counts a queued memoryview by its `len()` (3.12+).
 fn write_buffer_counts_len(py: Python<'_>) -> PyResult<bool> {
@@ -226,14 +228,7 @@ impl StreamTransport {
         let this = slf.get();
         let fd = this.base.fd;
         match flushed {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if retry_later(&e) => Ok(()),
             Err(e) => Self::write_failed(slf, &os_error(&e)),
             Ok((n, done)) => {
                 this.base.lp().stats.wrote(n);
