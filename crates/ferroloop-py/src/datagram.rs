@@ -31,8 +31,8 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketAddrAny};
 
 use crate::cell::AttachedCell;
-use crate::event_loop::{copy_context, LoopCore};
-use crate::glue::{self, os_error};
+use crate::event_loop::LoopCore;
+use crate::glue::{self, copy_context, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::sockaddr::{self, PeerCache};
 use crate::transport::base::{self, Base, Flags, Transport};

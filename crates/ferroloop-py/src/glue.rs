@@ -6,7 +6,9 @@
 
 use std::io;
 
+use ferroloop_core::clock::{monotonic_ns, ns_to_secs};
 use pyo3::exceptions::PyOSError;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyModule, PySlice};
@@ -66,4 +68,15 @@ pub fn slice(py: Python<'_>, start: isize, stop: isize) -> PyResult<Bound<'_, Py
         let obj = pyo3::ffi::PySlice_New(start.as_ptr(), stop.as_ptr(), std::ptr::null_mut());
         Ok(Bound::from_owned_ptr_or_err(py, obj)?.cast_into_unchecked())
     }
+}
+
+/// `loop.time()`: the monotonic clock in seconds.
+pub fn loop_time() -> f64 {
+    ns_to_secs(monotonic_ns())
+}
+
+/// `contextvars.copy_context()`.
+pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: PyContext_CopyCurrent returns a new reference or null with an exception set.
+    unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()) }
 }

@@ -1,5 +1,6 @@
 //! `ferroloop._ferroloop`: the extension module behind the `ferroloop` package.
 
+mod buffers;
 mod cell;
 mod completion;
 mod datagram;

@@ -25,9 +25,9 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 
 use crate::cell::AttachedCell;
-use crate::completion::Done;
-use crate::event_loop::{copy_context, LoopCore};
-use crate::glue::{self, os_error};
+use crate::event_loop::LoopCore;
+use crate::glue::{self, copy_context, os_error};
+use crate::owner::Done;
 use crate::owner::{IoOp, Owner};
 use crate::sockaddr;
 use crate::transport::{fd_of, in_context, is_exit};

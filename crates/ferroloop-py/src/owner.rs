@@ -5,16 +5,61 @@
 //! queues an [`IoOp`] for it when the fd is ready, in the same ready queue as callbacks, so the
 //! order of events is asyncio's. Nothing here allocates a Python object.
 
-use ferroloop_core::driver::Interest;
+use ferroloop_core::driver::{BufRef, Interest};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::completion::Done;
 use crate::datagram::DatagramTransport;
 use crate::listener::Listener;
 use crate::pipe::{ReadPipeTransport, WritePipeTransport};
 use crate::stream::StreamTransport;
 use crate::transport::in_context;
+
+/// What an owner learns of one of its operations.
+#[derive(Debug)]
+pub struct Done {
+    /// The operation (its index in the table, as returned when it was started).
+    pub op: usize,
+    /// Bytes (all of `buffers`), or a negated errno.
+    pub result: i32,
+    /// The operation goes on (a multishot receive).
+    pub more: bool,
+    /// The provided buffers holding received data, oldest first, with the bytes in each: the
+    /// owner must take them (`LoopCore::take_buffers`), which gives them back to the kernel.
+    pub buffers: Buffers,
+}
+
+/// The buffers of one [`Done`]. The receives of one operation reaped by one wait are given as
+/// one, so that a protocol sees what arrived meanwhile in one `data_received`, as a readiness
+/// read of all the socket holds would give it.
+#[derive(Debug, Default)]
+pub enum Buffers {
+    #[default]
+    None,
+    One([(BufRef, usize); 1]),
+    Many(Vec<(BufRef, usize)>),
+}
+
+impl Buffers {
+    pub(crate) fn push(&mut self, buf: BufRef, len: usize) {
+        *self = match std::mem::take(self) {
+            Buffers::None => Buffers::One([(buf, len)]),
+            Buffers::One([first]) => Buffers::Many(vec![first, (buf, len)]),
+            Buffers::Many(mut v) => {
+                v.push((buf, len));
+                Buffers::Many(v)
+            }
+        };
+    }
+
+    pub fn as_slice(&self) -> &[(BufRef, usize)] {
+        match self {
+            Buffers::None => &[],
+            Buffers::One(one) => one,
+            Buffers::Many(v) => v,
+        }
+    }
+}
 
 /// What the loop asks an owner to do.
 pub enum IoOp {

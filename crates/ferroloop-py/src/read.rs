@@ -18,8 +18,8 @@ use pyo3::types::PyBytes;
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
+use crate::buffers::MAX_READ;
 use crate::event_loop::LoopCore;
-use crate::stream::MAX_READ;
 use crate::transport::fd_of;
 
 /// From this size on (of the transport's previous read), reads go straight into a `bytes`.

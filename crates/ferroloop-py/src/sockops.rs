@@ -17,11 +17,11 @@ use pyo3::{PyTraverseError, PyVisit};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
+use crate::buffers::MAX_READ;
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
 use crate::glue::{self, os_error};
 use crate::handle::Handle;
-use crate::stream::MAX_READ;
 use crate::tasks::new_future;
 use crate::transport::{fd_of, with_bytes, with_bytes_mut};
 

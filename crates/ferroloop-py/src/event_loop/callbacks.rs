@@ -6,8 +6,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
-use super::{copy_context, LoopCore, Ready};
+use super::{LoopCore, Ready};
 use crate::glue;
+use crate::glue::copy_context;
 use crate::handle::{Callback, Handle, ThreadSafeHandle, TimerHandle};
 
 /// Whether `call_soon_threadsafe` returns a `_ThreadSafeHandle` (asyncio 3.14+; `_compat`'s switch).

@@ -31,14 +31,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::buffers::MAX_READ;
 use crate::cell::AttachedCell;
 use crate::completion::OpTable;
-use crate::glue::os_error;
+use crate::glue::{loop_time, os_error};
 use crate::handle::{Handle, TimerHandle};
 use crate::owner::{IoOp, Owner};
 use crate::sockops;
 use crate::stats::{Gauges, Stats};
-use crate::stream::MAX_READ;
 use crate::tasks;
 
 mod callbacks;
@@ -50,7 +50,7 @@ mod util;
 use ops::completion_supported;
 use readers::{IoEntry, IoKey};
 use util::closed_error;
-pub use util::{copy_context, is_plain_task_keyword, loop_time};
+pub use util::is_plain_task_keyword;
 
 /// A callback waiting in the ready queue.
 pub enum Ready {

@@ -11,9 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::{closed_error, LoopCore, Ready, State};
-use crate::completion::Buffers;
 use crate::glue::os_error;
-use crate::owner::{IoOp, Owner};
+use crate::owner::{Buffers, IoOp, Owner};
 
 /// The kernel has what the completion model needs (only `io_uring` asks).
 pub(super) fn completion_supported() -> bool {

@@ -10,7 +10,8 @@ use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
 
-use super::{closed_error, copy_context, LoopCore, Ready};
+use super::{closed_error, LoopCore, Ready};
+use crate::glue::copy_context;
 use crate::glue::os_error;
 use crate::handle::Handle;
 use crate::owner::{IoOp, Owner};

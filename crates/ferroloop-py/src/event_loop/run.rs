@@ -9,7 +9,8 @@ use ferroloop_core::driver::{Driver, Event};
 use pyo3::prelude::*;
 
 use super::ops::restart_starved;
-use super::{closed_error, loop_time, LoopCore, Ready, State};
+use super::{closed_error, LoopCore, Ready, State};
+use crate::glue::loop_time;
 use crate::glue::{self, os_error};
 use crate::handle::Handle;
 use crate::owner::{IoOp, Owner};

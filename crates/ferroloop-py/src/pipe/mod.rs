@@ -13,7 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::{copy_context, LoopCore};
+use crate::event_loop::LoopCore;
+use crate::glue::copy_context;
 use crate::transport::base::{self, Base, Transport};
 
 mod read;

@@ -12,11 +12,11 @@ use pyo3::{PyTraverseError, PyVisit};
 use rustix::io::Errno;
 
 use super::{new_base, pipe_of, run_start, set_protocol, traverse, Ends, PipeState};
+use crate::buffers::Chunk;
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
 use crate::glue::{self, os_error};
 use crate::owner::{IoOp, Owner};
-use crate::stream::Chunk;
 use crate::transport::base::{self, Base, Flags, Transport};
 use crate::transport::{fd_of, is_strided_view, not_contiguous, retry_later, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 

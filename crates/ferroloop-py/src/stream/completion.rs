@@ -22,9 +22,10 @@ use pyo3::types::PyBytes;
 use rustix::io::Errno;
 
 use super::read::{protocol_buffer_error, ReadStep};
-use super::{Chunk, State, StreamTransport};
-use crate::completion::Done;
+use super::{State, StreamTransport};
+use crate::buffers::Chunk;
 use crate::glue::os_error;
+use crate::owner::Done;
 use crate::owner::{IoOp, Owner};
 use crate::transport::base;
 use crate::transport::{is_exit, with_bytes_mut};

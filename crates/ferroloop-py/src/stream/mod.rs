@@ -20,7 +20,6 @@ use std::os::fd::RawFd;
 use ferroloop_core::driver::Interest;
 use ferroloop_core::writeq::WriteQueue;
 use pyo3::exceptions::PyRuntimeError;
-use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -28,9 +27,10 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use rustix::net::Shutdown;
 
+use crate::buffers::Chunk;
 use crate::cell::AttachedCell;
-use crate::event_loop::{copy_context, LoopCore};
-use crate::glue::{self, os_error};
+use crate::event_loop::LoopCore;
+use crate::glue::{self, copy_context, os_error};
 use crate::owner::{IoOp, Owner};
 use crate::tls::TlsProtocol;
 
@@ -39,35 +39,6 @@ mod read;
 mod write;
 use crate::transport::base::{self, Base, Flags, Transport};
 use crate::transport::{compat_flag, fd_of, is_exit};
-
-/// asyncio's `max_size`: the most one read takes.
-pub const MAX_READ: usize = 256 * 1024;
-
-/// A queued write: a `bytes` object, kept as it is (a mutable buffer is copied into one first).
-pub enum Chunk {
-    Bytes(Py<PyBytes>),
-}
-
-impl AsRef<[u8]> for Chunk {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            // SAFETY: a bytes object is immutable and this reference keeps it alive, so its buffer
-            // stays valid and unchanged for as long as the chunk exists.
-            Chunk::Bytes(b) => unsafe {
-                let ptr = ffi::PyBytes_AS_STRING(b.as_ptr()).cast::<u8>();
-                std::slice::from_raw_parts(ptr, ffi::PyBytes_Size(b.as_ptr()) as usize)
-            },
-        }
-    }
-}
-
-impl Chunk {
-    fn is(&self, other: &Py<PyBytes>) -> bool {
-        match self {
-            Chunk::Bytes(b) => b.as_ptr() == other.as_ptr(),
-        }
-    }
-}
 
 /// Whether `connection_lost` runs in the connection's context, not in its closer's (3.15+).
 pub fn connection_lost_in_connection_context(py: Python<'_>) -> PyResult<bool> {

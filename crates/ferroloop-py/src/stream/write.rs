@@ -13,7 +13,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use rustix::io::Errno;
 use rustix::net::{SendFlags, Shutdown};
 
-use super::{Chunk, State, StreamTransport};
+use super::{State, StreamTransport};
+use crate::buffers::Chunk;
 use crate::glue::{self, os_error};
 use crate::stats::Stats;
 use crate::transport::base;

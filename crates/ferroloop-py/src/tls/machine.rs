@@ -9,8 +9,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyMemoryView, PyString};
 
 use super::{is_exception, types, AppPhase, AppReader, Phase, State, TlsProtocol};
+use crate::buffers::MAX_READ;
 use crate::glue;
-use crate::stream::{StreamTransport, MAX_READ};
+use crate::stream::StreamTransport;
 use crate::transport::{is_exit, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
 /// `ferroloop._compat.SHUTDOWN_TIMEOUT_COVERS_CLOSE`, read once.
@@ -149,7 +150,7 @@ impl TlsProtocol {
         let this = slf.get();
         let start = if this.loop_.get().debug() {
             glue::helper(py, "log_debug")?.call1(("%r starts SSL handshake", slf))?;
-            Some(crate::event_loop::loop_time())
+            Some(crate::glue::loop_time())
         } else {
             None
         };
@@ -215,8 +216,8 @@ impl TlsProtocol {
         if this.loop_.get().debug() {
             let start = this
                 .with(py, |s| s.handshake_start)?
-                .unwrap_or_else(crate::event_loop::loop_time);
-            let ms = (crate::event_loop::loop_time() - start) * 1e3;
+                .unwrap_or_else(crate::glue::loop_time);
+            let ms = (crate::glue::loop_time() - start) * 1e3;
             glue::helper(py, "tls_log_handshake_time")?.call1((slf, ms))?;
         }
         let extra = this.extra.bind(py);

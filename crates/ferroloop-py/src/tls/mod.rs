@@ -30,10 +30,10 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyDict, PyMemoryView, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use crate::buffers::MAX_READ;
 use crate::cell::AttachedCell;
 use crate::event_loop::LoopCore;
 use crate::glue;
-use crate::stream::MAX_READ;
 use crate::transport::default_limits;
 
 mod machine;
