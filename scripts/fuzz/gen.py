@@ -46,7 +46,7 @@ WEIGHTS = {
     "closed": 3,
 }
 
-# Names of the bad calls that runner.BAD_CALLS knows (kept here so that the generator does
+# Names of the bad calls that bad_calls.BAD_CALLS knows (kept here so that the generator does
 # not import the runner).
 BAD_CALLS = [
     "call_soon_noncallable",
