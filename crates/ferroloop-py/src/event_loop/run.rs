@@ -206,6 +206,11 @@ impl LoopCore {
                 Some(d) => {
                     let ready = &mut s.ready;
                     s.ops.dispatch(py, &d, |owner, done| {
+                        if let Owner::Stream(t) = &owner {
+                            if !done.buffers.as_slice().is_empty() {
+                                t.get().data_queued();
+                            }
+                        }
                         ready.push(Ready::Io(owner, IoOp::Done(done), None));
                     })
                 }

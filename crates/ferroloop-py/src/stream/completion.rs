@@ -243,6 +243,10 @@ impl StreamTransport {
     pub(super) fn on_done(slf: &Bound<'_, Self>, done: Done) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        if !done.buffers.as_slice().is_empty() {
+            // Counted when the loop queued it (`data_queued`).
+            this.queued_data.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let kind = this.state.with(py, |s| {
             if s.ops.recv == Some(done.op) {
                 if !done.more {

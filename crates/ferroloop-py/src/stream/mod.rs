@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferroloop_core::driver::Interest;
 use ferroloop_core::writeq::WriteQueue;
@@ -217,6 +218,17 @@ impl base::State for State {
 pub struct StreamTransport {
     base: Base,
     state: AttachedCell<State>,
+    /// Receive completions carrying data that wait in the loop's ready queue (completion model):
+    /// counted by the loop as it queues them, outside `state` (the loop holds its own state
+    /// then), and by `on_done` as it takes them. A close meanwhile discards that data.
+    queued_data: AtomicUsize,
+}
+
+impl StreamTransport {
+    /// The loop queued a receive completion with data for this transport.
+    pub(crate) fn data_queued(&self) {
+        self.queued_data.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Transport for StreamTransport {
@@ -243,7 +255,9 @@ impl Transport for StreamTransport {
     }
 
     fn before_close(&self, sock: Option<&Py<PyAny>>, released: &mut Released) {
-        if sock.is_some() && released.reset {
+        // Data received but still queued for the protocol will not reach it either.
+        let queued = self.queued_data.load(Ordering::Relaxed) > 0;
+        if sock.is_some() && (released.reset || queued) {
             // Unread data makes the kernel's close a reset on a readiness loop (see
             // `Ops::discards_data`); a zero linger makes it one here. (TCP only: a UNIX
             // socket has no linger, and its peer sees a clean EOF.)
@@ -369,6 +383,7 @@ impl StreamTransport {
                     None => copy_context(py)?,
                 },
             },
+            queued_data: AtomicUsize::new(0),
             state: AttachedCell::new(State {
                 sock: Some(sock.clone().unbind()),
                 proto: Some(make_proto(protocol)?),
