@@ -37,23 +37,20 @@ class SocketOpsMixin:
     __slots__ = ()
 
     async def sock_recv(self, sock, n):
-        # One Rust call for the common case: a plain socket, data ready, not in debug mode.
+        # One Rust call for the common case (a `socket.socket` outside debug mode), else
+        # asyncio's checks first; either way, what is not ready now is waited for.
         data = self._sock_recv_now(sock, n)
-        if data is not NotImplemented:
-            if data is not None:
-                return data
-            fd = sock.fileno()
-            self._ensure_fd_no_transport(fd)
-            return await self._sock_wait_recv(fd, n)
-        check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        fd = sock.fileno() if _plain(sock) else -1
-        if fd < 0 or type(n) is not int or n < 0:
-            return await _base.sock_recv(self, sock, n)
-        data = self._sock_try_recv(fd, n)
+        if data is NotImplemented:
+            check_ssl_socket(sock)
+            if self._debug and sock.gettimeout() != 0:
+                raise ValueError("the socket must be non-blocking")
+            fd = sock.fileno() if _plain(sock) else -1
+            if fd < 0 or type(n) is not int or n < 0:
+                return await _base.sock_recv(self, sock, n)
+            data = self._sock_try_recv(fd, n)
         if data is not None:
             return data
+        fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         return await self._sock_wait_recv(fd, n)
 
@@ -72,23 +69,21 @@ class SocketOpsMixin:
         return await _base.sock_recv_into(self, sock, buf)
 
     async def sock_sendall(self, sock, data):
-        # One Rust call for the common case: a plain socket that takes all of the data now.
+        # As sock_recv: `sent` is None once all of `data` went, else the bytes sent so far.
         sent = self._sock_send_now(sock, data)
+        if sent is NotImplemented:
+            check_ssl_socket(sock)
+            if self._debug and sock.gettimeout() != 0:
+                raise ValueError("the socket must be non-blocking")
+            fd = sock.fileno() if _plain(sock) else -1
+            progress = self._sock_try_send(fd, data) if fd >= 0 else None
+            if progress is None:
+                return await _base.sock_sendall(self, sock, data)
+            sent, total = progress
+            if sent == total:
+                sent = None
         if sent is None:
             return
-        if sent is not NotImplemented:
-            fd = sock.fileno()
-            self._ensure_fd_no_transport(fd)
-            return await self._sock_wait_sendall(fd, data, sent)
-        check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        fd = sock.fileno() if _plain(sock) else -1
-        progress = self._sock_try_send(fd, data) if fd >= 0 else None
-        if progress is None:
-            return await _base.sock_sendall(self, sock, data)
-        sent, total = progress
-        if sent == total:
-            return
+        fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         return await self._sock_wait_sendall(fd, data, sent)

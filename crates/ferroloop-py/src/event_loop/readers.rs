@@ -242,15 +242,9 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
         write: bool,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        let raw = this.lookup_fd(fd)?;
-        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
-        if let Some(old) = this.set_io_callback(py, raw, write, Some(handle.clone_ref(py)), Some(fd))? {
-            Handle::cancel(old.bind(py))?;
-        }
-        Ok(handle)
+        slf.get().check_closed()?;
+        let raw = slf.get().lookup_fd(fd)?;
+        Self::register_io(slf, raw, Some(fd), callback, args, context, write)
     }
 
     /// `_add_reader`/`_add_writer` for an fd already checked; the callback runs in `context`
@@ -263,11 +257,27 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
         write: bool,
     ) -> PyResult<Py<Handle>> {
+        slf.get().check_closed()?;
+        Self::register_io(slf, fd, None, callback, args, context, write)
+    }
+
+    /// A new handle for `callback` as `fd`'s reader (writer with `write`), cancelling the one it
+    /// replaces; `fileobj` is what `add_reader` was given, when not a plain fd.
+    fn register_io(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        fileobj: Option<&Bound<'_, PyAny>>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+        write: bool,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
         let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
-        if let Some(old) = this.set_io_callback(py, fd, write, Some(handle.clone_ref(py)), None)? {
+        if let Some(old) = slf
+            .get()
+            .set_io_callback(py, fd, write, Some(handle.clone_ref(py)), fileobj)?
+        {
             Handle::cancel(old.bind(py))?;
         }
         Ok(handle)

@@ -240,6 +240,12 @@ impl StreamTransport {
     }
 
     /// One of this transport's operations completed (or a multishot receive went a step on).
+    /// The loop queued a receive completion with data for this transport (taken off in
+    /// `on_done`; see `queued_data`).
+    pub(crate) fn data_queued(&self) {
+        self.queued_data.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(super) fn on_done(slf: &Bound<'_, Self>, done: Done) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();

@@ -224,13 +224,6 @@ pub struct StreamTransport {
     queued_data: AtomicUsize,
 }
 
-impl StreamTransport {
-    /// The loop queued a receive completion with data for this transport.
-    pub(crate) fn data_queued(&self) {
-        self.queued_data.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 impl Transport for StreamTransport {
     type State = State;
 
