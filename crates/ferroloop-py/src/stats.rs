@@ -45,7 +45,7 @@ impl Counter {
 #[derive(Default)]
 pub struct Stats {
     /// Loop iterations completed (asyncio's `_run_once`).
-    pub iterations: Counter,
+    iterations: Counter,
     /// Handles run: `call_soon`/`call_later` callbacks, task steps, `add_reader` callbacks.
     pub callbacks: Counter,
     /// Timers that came due (their handles are among `callbacks`).
@@ -53,11 +53,11 @@ pub struct Stats {
     /// Readiness and completions handed to the Rust transports and servers.
     pub io_events: Counter,
     /// Nanoseconds blocked in the I/O wait.
-    pub io_wait_ns: Counter,
+    io_wait_ns: Counter,
     /// Nanoseconds in `run_forever` before the current run.
-    pub running_ns: Counter,
+    running_ns: Counter,
     /// When the current run began (0: not running).
-    pub run_started_ns: Counter,
+    run_started_ns: Counter,
     /// The longest time one iteration was busy (not blocked in its wait), and how many
     /// callbacks and I/O events it took from the ready queue.
     longest_ns: Counter,
@@ -69,8 +69,8 @@ pub struct Stats {
     /// When the current blocking wait began (0: the iteration's wait does not block).
     wait_started_ns: Counter,
     /// Bytes the Rust transports received and sent (TLS: the encrypted bytes).
-    pub bytes_read: Counter,
-    pub bytes_written: Counter,
+    bytes_read: Counter,
+    bytes_written: Counter,
     /// Connections the Rust servers accepted.
     pub accepted: Counter,
     /// Listening sockets accepting now (a gauge: the listeners say when they start and stop).
