@@ -31,9 +31,8 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketAddrAny};
 
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
 use crate::glue::{self, copy_context, os_error};
-use crate::owner::{IoOp, Owner};
+use crate::owner::{IoOp, LoopRef, Owner};
 use crate::sockaddr::{self, PeerCache};
 use crate::transport::base::{self, Base, Flags, Transport};
 use crate::transport::{
@@ -191,7 +190,7 @@ impl DatagramTransport {
         };
         match res {
             Ok(n) => {
-                self.base.lp().stats.wrote(n);
+                self.base.lp().stats().wrote(n);
                 Sent::Done
             }
             Err(Errno::AGAIN | Errno::INTR) => Sent::Blocked,
@@ -302,10 +301,10 @@ impl DatagramTransport {
             };
             // NOTE: making the bytes inside the borrow is allowed: bytes are not GC-tracked, so
             // their allocation cannot start a collection that runs finalizers.
-            let got = this.base.lp().with_read_buf(py, |buf| {
+            let got = this.base.lp().read_buf().with(py, |buf| {
                 match rustix::net::recvfrom(fd_of(fd), &mut buf[..], RecvFlags::DONTWAIT) {
                     Ok((n, _, addr)) => {
-                        this.base.lp().stats.read(n);
+                        this.base.lp().stats().read(n);
                         Ok((PyBytes::new(py, &buf[..n]), addr))
                     }
                     Err(e) => Err(e),
@@ -389,14 +388,14 @@ impl DatagramTransport {
     #[new]
     #[pyo3(signature = (loop_, sock, protocol, address=None, waiter=None, extra=None))]
     fn new(
-        loop_: &Bound<'_, LoopCore>,
+        py: Python<'_>,
+        loop_: LoopRef,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
         address: Option<&Bound<'_, PyAny>>,
         waiter: Option<&Bound<'_, PyAny>>,
         extra: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let py = loop_.py();
         let _ = waiter; // resolved by `_start`, once the object exists
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         let extra = glue::helper(py, "socket_extra")?
@@ -408,7 +407,7 @@ impl DatagramTransport {
         };
         Ok(DatagramTransport {
             base: Base {
-                loop_: loop_.clone().unbind(),
+                loop_,
                 fd,
                 extra: extra.unbind(),
                 context: copy_context(py)?,
@@ -588,8 +587,8 @@ impl DatagramTransport {
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.base.loop_.clone_ref(py)
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.base.loop_.object(py)
     }
 
     #[getter]

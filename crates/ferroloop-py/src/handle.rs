@@ -26,8 +26,8 @@ use pyo3::types::{PyFloat, PyTuple, PyType};
 use pyo3::{Borrowed, PyTraverseError, PyTypeInfo, PyVisit};
 
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
 use crate::glue;
+use crate::owner::LoopRef;
 
 /// What a handle calls: cleared when the handle is cancelled.
 pub struct Callback {
@@ -41,7 +41,7 @@ pub struct Handle {
     callback: AttachedCell<Option<Callback>>,
     cancelled: AtomicBool,
     /// The loop (the Python `ferroloop.Loop` object).
-    loop_: Py<LoopCore>,
+    loop_: LoopRef,
     /// The stack where the handle was created, in debug mode; asyncio's `_source_traceback`.
     source_traceback: Option<Py<PyAny>>,
     /// The repr taken at cancellation in debug mode (asyncio's `_repr`).
@@ -73,7 +73,7 @@ static ASYNCIO_TIMER_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_THREADSAFE_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 impl Handle {
-    pub fn new(py: Python<'_>, cb: Callback, loop_: Py<LoopCore>, debug: bool) -> PyResult<Handle> {
+    pub fn new(py: Python<'_>, cb: Callback, loop_: LoopRef, debug: bool) -> PyResult<Handle> {
         let source_traceback = if debug {
             Some(glue::helper(py, "extract_stack")?.call0()?.unbind())
         } else {
@@ -257,7 +257,7 @@ impl Handle {
         if this.cancelled.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
-        if this.loop_.get().debug() {
+        if this.loop_.io().debug() {
             // asyncio keeps the repr of a cancelled handle, taken before the callback is dropped.
             let repr = slf.repr()?.into_any().unbind();
             let old = this.cancelled_repr.with(py, |r| r.replace(repr))?;
@@ -303,8 +303,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.loop_.clone_ref(py)
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.loop_.object(py)
     }
 
     #[getter]
@@ -328,7 +328,7 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.loop_)?;
+        self.loop_.traverse(&visit)?;
         visit.call(&self.source_traceback)?;
         if let Some(cb) = self.callback.for_traverse() {
             if let Some(cb) = cb.as_ref() {
@@ -396,7 +396,7 @@ impl TimerHandle {
             return Ok(());
         }
         if slf.get().scheduled.load(Ordering::Relaxed) {
-            base.get().loop_.get().timer_cancelled(py)?;
+            base.get().loop_.io().timer_cancelled(py)?;
         }
         Handle::cancel(base)
     }

@@ -13,7 +13,6 @@ mod owner;
 mod pipe;
 mod read;
 mod sockaddr;
-mod sockops;
 mod stats;
 mod stream;
 mod tasks;

@@ -25,10 +25,8 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
 use crate::glue::{self, copy_context, os_error};
-use crate::owner::Done;
-use crate::owner::{IoOp, Owner};
+use crate::owner::{Done, IoOp, LoopRef, Owner};
 use crate::sockaddr;
 use crate::transport::{fd_of, in_context, is_exit};
 
@@ -38,7 +36,7 @@ const SOCK_NONBLOCK: i64 = SocketFlags::NONBLOCK.bits() as i64;
 
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
 pub struct Listener {
-    loop_: Py<LoopCore>,
+    loop_: LoopRef,
     fd: RawFd,
     sock: Py<PyAny>,
     protocol_factory: Py<PyAny>,
@@ -60,7 +58,7 @@ impl Listener {
     /// Starts or stops accepting, keeping the loop's count of servers accepting now.
     fn set_active(&self, on: bool) {
         if self.active.swap(on, Ordering::Relaxed) != on {
-            self.loop_.get().stats.servers_changed(on);
+            self.loop_.io().stats().servers_changed(on);
         }
     }
 
@@ -132,11 +130,11 @@ impl Listener {
         this.set_active(false);
         if this.completion {
             if let Some(op) = this.accept_op.with(py, |op| *op)? {
-                this.loop_.get().cancel_op(py, op)?;
+                this.loop_.io().cancel_op(py, op)?;
             }
             return Ok(());
         }
-        this.loop_.get().set_owner_interest(py, this.fd, Interest::NONE)
+        this.loop_.io().set_owner_interest(py, this.fd, Interest::NONE)
     }
 
     /// A completion of the multishot accept: a connection, or why it ended.
@@ -183,7 +181,7 @@ impl Listener {
         let this = slf.get();
         let op = this
             .loop_
-            .get()
+            .io()
             .start_accept(py, this.fd, Owner::Listener(slf.clone().unbind()))?;
         this.accept_op.with(py, |slot| *slot = Some(op))
     }
@@ -229,7 +227,7 @@ impl Listener {
     fn accepted(slf: &Bound<'_, Self>, conn_fd: RawFd, addr: Option<rustix::net::SocketAddrAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.loop_.get().stats.accepted.add(1);
+        this.loop_.io().stats().accepted.add(1);
         let (family, kind, proto) = this.kind;
         let socket_type = py.import("socket")?.getattr(intern!(py, "socket"))?;
         let kwargs = PyDict::new(py);
@@ -267,7 +265,8 @@ impl Listener {
     /// of the current one. Each connection gets a copy of it.
     #[pyo3(signature = (loop_, sock, protocol_factory, server=None, backlog=100, tls=None, context=None))]
     fn new(
-        loop_: &Bound<'_, LoopCore>,
+        py: Python<'_>,
+        loop_: LoopRef,
         sock: &Bound<'_, PyAny>,
         protocol_factory: &Bound<'_, PyAny>,
         server: Option<&Bound<'_, PyAny>>,
@@ -275,13 +274,13 @@ impl Listener {
         tls: Option<Py<PyAny>>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let py = loop_.py();
         let context = match context.filter(|c| !c.is_none(py)) {
             Some(c) => c,
             None => copy_context(py)?,
         };
+        let completion = loop_.io().completion_streams(py)?;
         Ok(Listener {
-            loop_: loop_.clone().unbind(),
+            loop_,
             fd: sock.call_method0(intern!(py, "fileno"))?.extract()?,
             sock: sock.clone().unbind(),
             protocol_factory: protocol_factory.clone().unbind(),
@@ -298,7 +297,7 @@ impl Listener {
             active: AtomicBool::new(false),
             tls: tls.filter(|t| !t.is_none(py)),
             accept_op: AttachedCell::new(None),
-            completion: loop_.get().completion_streams(py)?,
+            completion,
         })
     }
 
@@ -306,7 +305,7 @@ impl Listener {
     fn _start(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.loop_.get().is_closed() {
+        if this.loop_.io().is_closed() {
             return Ok(());
         }
         this.set_active(true);
@@ -319,9 +318,9 @@ impl Listener {
             };
         }
         this.loop_
-            .get()
+            .io()
             .attach_owner(py, this.fd, Owner::Listener(slf.clone().unbind()))?;
-        this.loop_.get().set_owner_interest(py, this.fd, Interest::READABLE)
+        this.loop_.io().set_owner_interest(py, this.fd, Interest::READABLE)
     }
 
     /// Accepts what is pending now (asyncio's `_accept_connection`, for error reports).
@@ -337,11 +336,11 @@ impl Listener {
             return Self::pause(slf);
         }
         this.set_active(false);
-        this.loop_.get().detach_owner(py, this.fd)
+        this.loop_.io().detach_owner(py, this.fd)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.loop_)?;
+        self.loop_.traverse(&visit)?;
         visit.call(&self.sock)?;
         visit.call(&self.protocol_factory)?;
         visit.call(&self.server)?;

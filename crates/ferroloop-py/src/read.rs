@@ -18,8 +18,7 @@ use pyo3::types::PyBytes;
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
-use crate::buffers::MAX_READ;
-use crate::event_loop::LoopCore;
+use crate::buffers::{ReadBuf, MAX_READ};
 use crate::transport::fd_of;
 
 /// From this size on (of the transport's previous read), reads go straight into a `bytes`.
@@ -28,7 +27,7 @@ pub const DIRECT_READ_MIN: usize = 16 * 1024;
 /// One read of `fd`: the data (empty at EOF) or the error. `large` says the previous read was at
 /// least [`DIRECT_READ_MIN`] bytes.
 pub fn read_bytes<'py>(
-    lp: &LoopCore,
+    read_buf: &ReadBuf,
     py: Python<'py>,
     fd: RawFd,
     large: bool,
@@ -40,7 +39,7 @@ pub fn read_bytes<'py>(
     }
     // NOTE: making the bytes inside the borrow is allowed: bytes are not GC-tracked, so their
     // allocation cannot start a collection that runs finalizers.
-    lp.with_read_buf(py, |buf| {
+    read_buf.with(py, |buf| {
         rustix::net::recv(fd_of(fd), &mut buf[..], RecvFlags::empty()).map(|(n, _)| PyBytes::new(py, &buf[..n]))
     })
 }

@@ -10,6 +10,7 @@ use super::{LoopCore, Ready};
 use crate::glue;
 use crate::glue::copy_context;
 use crate::handle::{Callback, Handle, ThreadSafeHandle, TimerHandle};
+use crate::owner::LoopRef;
 
 /// Whether `call_soon_threadsafe` returns a `_ThreadSafeHandle` (asyncio 3.14+; `_compat`'s switch).
 fn threadsafe_handles(py: Python<'_>) -> PyResult<bool> {
@@ -21,7 +22,7 @@ fn threadsafe_handles(py: Python<'_>) -> PyResult<bool> {
 
 impl LoopCore {
     /// A timer in the queue was cancelled: counts towards compaction.
-    pub fn timer_cancelled(&self, py: Python<'_>) -> PyResult<()> {
+    pub(super) fn timer_cancelled(&self, py: Python<'_>) -> PyResult<()> {
         self.state.with(py, |s| s.timers.note_cancelled())
     }
 
@@ -41,7 +42,7 @@ impl LoopCore {
             args: args.clone().unbind(),
             context,
         };
-        Handle::new(py, cb, slf.clone().unbind(), slf.get().debug())
+        Handle::new(py, cb, LoopRef::new(slf), slf.get().debug())
     }
 
     /// asyncio's debug-mode checks of `call_soon` and friends (`_check_thread`, `_check_callback`).

@@ -15,7 +15,10 @@
 //! with the struct and its state; the work behind them is in plain `impl LoopCore` blocks beside
 //! it: `run.rs` the iteration, `callbacks.rs` the handles of `call_soon`/`call_at`, `readers.rs` the
 //! fd registry (readers, writers and the transports that own an fd), `ops.rs` the `io_uring`
-//! operations, `util.rs` small free functions.
+//! operations, `sockops.rs` the `sock_*` fast path, `util.rs` small free functions. `io.rs` is
+//! the loop as its transports, listeners, TLS protocols and handles see it: they hold a
+//! [`LoopRef`](crate::owner::LoopRef) and call the [`LoopIo`](crate::owner::LoopIo) interface,
+//! and never name `LoopCore`, so nothing below the loop depends on it.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -31,20 +34,21 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::buffers::MAX_READ;
+use crate::buffers::ReadBuf;
 use crate::cell::AttachedCell;
 use crate::completion::OpTable;
 use crate::glue::{loop_time, os_error};
 use crate::handle::{Handle, TimerHandle};
 use crate::owner::{IoOp, Owner};
-use crate::sockops;
 use crate::stats::{Gauges, Stats};
 use crate::tasks;
 
 mod callbacks;
+mod io;
 mod ops;
 mod readers;
 mod run;
+mod sockops;
 mod util;
 
 use ops::completion_supported;
@@ -89,8 +93,8 @@ struct State {
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct LoopCore {
     state: AttachedCell<State>,
-    /// The one buffer every stream read of this loop goes through (allocated on first use).
-    read_buf: AttachedCell<Vec<u8>>,
+    /// The one buffer every stream read of this loop goes through.
+    read_buf: ReadBuf,
     closed: AtomicBool,
     stopping: AtomicBool,
     debug: AtomicBool,
@@ -121,16 +125,6 @@ impl LoopCore {
             }
         })
     }
-
-    /// Runs `f` on the loop's read buffer (`MAX_READ` bytes).
-    pub fn with_read_buf<R>(&self, py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
-        self.read_buf.with(py, |buf| {
-            if buf.len() < MAX_READ {
-                buf.resize(MAX_READ, 0);
-            }
-            f(&mut buf[..MAX_READ])
-        })
-    }
 }
 
 #[pymethods]
@@ -151,7 +145,7 @@ impl LoopCore {
                 starved: VecDeque::new(),
                 recycled: 0,
             }),
-            read_buf: AttachedCell::new(Vec::new()),
+            read_buf: ReadBuf::default(),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),

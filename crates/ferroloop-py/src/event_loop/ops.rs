@@ -5,7 +5,7 @@
 use std::os::fd::RawFd;
 
 use ferroloop_core::driver::uring::Uring;
-use ferroloop_core::driver::Driver;
+use ferroloop_core::driver::{BufRef, Driver};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -39,12 +39,12 @@ impl LoopCore {
     /// each at once made every batch of buffers cost a failed receive per connection (5,000
     /// connections echoing 1 KiB: 35,000 requests/s against 220,000 on epoll). Restarted in order,
     /// as many per iteration as buffers came back (at least one), by `restart_starved`.
-    pub fn starve(&self, py: Python<'_>, owner: Owner) -> PyResult<()> {
+    pub(super) fn starve(&self, py: Python<'_>, owner: Owner) -> PyResult<()> {
         self.state.with(py, |s| s.starved.push_back(owner))
     }
 
     /// Whether stream transports of this loop use the completion model.
-    pub fn completion_streams(&self, py: Python<'_>) -> PyResult<bool> {
+    pub(super) fn completion_streams(&self, py: Python<'_>) -> PyResult<bool> {
         self.state.with(py, |s| s.completion_streams && s.driver.is_some())
     }
 
@@ -76,18 +76,18 @@ impl LoopCore {
     }
 
     /// Starts a multishot receive on `fd` for `owner`; returns the operation.
-    pub fn start_recv(&self, py: Python<'_>, fd: RawFd, owner: Owner) -> PyResult<usize> {
+    pub(super) fn start_recv(&self, py: Python<'_>, fd: RawFd, owner: Owner) -> PyResult<usize> {
         self.start_op(py, owner, None, |u, tag| u.recv_multishot(fd, tag))
     }
 
     /// Starts a multishot accept on the listening socket `fd` for `owner`; returns the operation.
-    pub fn start_accept(&self, py: Python<'_>, fd: RawFd, owner: Owner) -> PyResult<usize> {
+    pub(super) fn start_accept(&self, py: Python<'_>, fd: RawFd, owner: Owner) -> PyResult<usize> {
         self.start_op(py, owner, None, |u, tag| u.accept_multishot(fd, tag))
     }
 
     /// Starts sending `data[offset..]` on `fd` for `owner`, keeping `data` alive until the send
     /// completes; returns the operation.
-    pub fn start_send(
+    pub(super) fn start_send(
         &self,
         py: Python<'_>,
         fd: RawFd,
@@ -108,14 +108,38 @@ impl LoopCore {
         self.start_op(py, owner, Some(data), |u, tag| unsafe { u.send(fd, tag, ptr, len) })
     }
 
-    /// Runs `f` with the `io_uring` driver (`None` on other backends or after close). `f` must not
-    /// run Python code.
-    pub fn with_uring<R>(&self, py: Python<'_>, f: impl FnOnce(Option<&Uring>) -> R) -> PyResult<R> {
-        self.state.with(py, |s| f(s.driver.as_deref().and_then(Driver::uring)))
+    /// Copies bytes `from..len` of the provided buffer `buf` into `out`; returns how many (none
+    /// after close).
+    pub(super) fn copy_out(
+        &self,
+        py: Python<'_>,
+        buf: BufRef,
+        len: usize,
+        from: usize,
+        out: &mut [u8],
+    ) -> PyResult<usize> {
+        self.state.with(py, |s| {
+            s.driver
+                .as_deref()
+                .and_then(Driver::uring)
+                .map_or(0, |u| u.copy_out(buf, len, from, out))
+        })
+    }
+
+    /// Gives the provided buffers of `buffers` back to the kernel.
+    pub(super) fn recycle(&self, py: Python<'_>, buffers: &Buffers) -> PyResult<()> {
+        self.state.with(py, |s| {
+            if let Some(u) = s.driver.as_deref().and_then(Driver::uring) {
+                for &(buf, _) in buffers.as_slice() {
+                    u.recycle(buf);
+                }
+                s.recycled += buffers.as_slice().len();
+            }
+        })
     }
 
     /// Asks the kernel to end operation `op`; its last completion still comes.
-    pub fn cancel_op(&self, py: Python<'_>, op: usize) -> PyResult<()> {
+    pub(super) fn cancel_op(&self, py: Python<'_>, op: usize) -> PyResult<()> {
         self.state
             .with(py, |s| match s.driver.as_deref().and_then(Driver::uring) {
                 Some(u) => u.cancel(op as u64),
@@ -126,7 +150,11 @@ impl LoopCore {
 
     /// The data receives left in provided buffers, as one `bytes`; the buffers go back to the
     /// kernel. `None` if there were none.
-    pub fn take_buffers<'py>(&self, py: Python<'py>, buffers: &Buffers) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    pub(super) fn take_buffers<'py>(
+        &self,
+        py: Python<'py>,
+        buffers: &Buffers,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let parts = buffers.as_slice();
         if parts.is_empty() {
             return Ok(None);

@@ -85,7 +85,7 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 
 impl LoopCore {
     /// Makes `owner` the owner of `fd`'s readiness (with no interest yet).
-    pub fn attach_owner(&self, py: Python<'_>, fd: RawFd, owner: Owner) -> PyResult<()> {
+    pub(super) fn attach_owner(&self, py: Python<'_>, fd: RawFd, owner: Owner) -> PyResult<()> {
         self.check_closed()?;
         let old = self.state.with(py, |s| {
             let token = s.sources.insert(fd, IoEntry::default());
@@ -98,7 +98,7 @@ impl LoopCore {
     }
 
     /// Changes what the loop watches `fd` for on its owner's behalf.
-    pub fn set_owner_interest(&self, py: Python<'_>, fd: RawFd, interest: Interest) -> PyResult<()> {
+    pub(super) fn set_owner_interest(&self, py: Python<'_>, fd: RawFd, interest: Interest) -> PyResult<()> {
         self.state
             .with(py, |s| {
                 let (Some(driver), Some(token)) = (s.driver.clone(), s.sources.token_of(fd)) else {
@@ -113,7 +113,7 @@ impl LoopCore {
     }
 
     /// Forgets `fd`'s owner (before its socket is closed).
-    pub fn detach_owner(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+    pub(super) fn detach_owner(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
         let old = self.state.with(py, |s| {
             let (Some(driver), Some(token)) = (s.driver.clone(), s.sources.token_of(fd)) else {
                 return None;
@@ -136,7 +136,7 @@ impl LoopCore {
     /// Queues `op` for `owner` at the end of the ready queue, as `call_soon` would (a connection
     /// loss with a copy of the current context, as `call_soon` takes one, unless the owner's
     /// connection loss runs in its own context: `Owner::loses_in_own_context`).
-    pub fn schedule(&self, py: Python<'_>, owner: Owner, op: IoOp) -> PyResult<()> {
+    pub(super) fn schedule(&self, py: Python<'_>, owner: Owner, op: IoOp) -> PyResult<()> {
         let context = match op {
             IoOp::ConnectionLost(_) if !owner.loses_in_own_context(py)? => Some(copy_context(py)?),
             _ => None,
@@ -249,7 +249,7 @@ impl LoopCore {
 
     /// `_add_reader`/`_add_writer` for an fd already checked; the callback runs in `context`
     /// (a copy of the current one when `None`).
-    pub fn add_io_fd(
+    pub(super) fn add_io_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: &Bound<'_, PyAny>,
@@ -298,7 +298,7 @@ impl LoopCore {
     }
 
     /// `_remove_reader`/`_remove_writer` for an fd already checked.
-    pub fn remove_io_fd(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
+    pub(super) fn remove_io_fd(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
         match self.set_io_callback(py, fd, write, None, None)? {
             Some(old) => {
                 Handle::cancel(old.bind(py))?;

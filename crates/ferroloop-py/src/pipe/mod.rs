@@ -13,8 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::LoopCore;
 use crate::glue::copy_context;
+use crate::owner::LoopRef;
 use crate::transport::base::{self, Base, Transport};
 
 mod read;
@@ -50,15 +50,19 @@ trait PipeState: base::State {
 }
 
 /// A pipe end's [`Base`]: the extra-info dict gets `pipe`.
-fn new_base(loop_: &Bound<'_, LoopCore>, pipe: &Bound<'_, PyAny>, extra: Option<&Bound<'_, PyDict>>) -> PyResult<Base> {
-    let py = loop_.py();
+fn new_base(
+    py: Python<'_>,
+    loop_: LoopRef,
+    pipe: &Bound<'_, PyAny>,
+    extra: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Base> {
     let dict = match extra {
         Some(e) => e.clone(),
         None => PyDict::new(py),
     };
     dict.set_item("pipe", pipe)?;
     Ok(Base {
-        loop_: loop_.clone().unbind(),
+        loop_,
         fd: pipe.call_method0("fileno")?.extract()?,
         extra: dict.unbind(),
         context: copy_context(py)?,

@@ -11,9 +11,8 @@ use rustix::io::Errno;
 
 use super::{new_base, pipe_of, run_start, set_protocol, traverse, Ends, PipeState};
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
 use crate::glue::{self, os_error};
-use crate::owner::{IoOp, Owner};
+use crate::owner::{IoOp, LoopRef, Owner};
 use crate::transport::base::{self, Base, Flags, Transport};
 use crate::transport::fd_of;
 
@@ -109,9 +108,10 @@ impl ReadPipeTransport {
         let read = this
             .base
             .lp()
-            .with_read_buf(py, |buf| match rustix::io::read(fd_of(fd), &mut buf[..]) {
+            .read_buf()
+            .with(py, |buf| match rustix::io::read(fd_of(fd), &mut buf[..]) {
                 Ok(n) => {
-                    this.base.lp().stats.read(n);
+                    this.base.lp().stats().read(n);
                     Ok(PyBytes::new(py, &buf[..n]))
                 }
                 Err(e) => Err(e),
@@ -178,7 +178,8 @@ impl ReadPipeTransport {
     #[new]
     #[pyo3(signature = (loop_, pipe, protocol, waiter=None, extra=None))]
     fn new(
-        loop_: &Bound<'_, LoopCore>,
+        py: Python<'_>,
+        loop_: LoopRef,
         pipe: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
         waiter: Option<&Bound<'_, PyAny>>,
@@ -186,7 +187,7 @@ impl ReadPipeTransport {
     ) -> PyResult<Self> {
         let _ = waiter; // resolved by `_start`, once the object exists
         Ok(ReadPipeTransport {
-            base: new_base(loop_, pipe, extra)?,
+            base: new_base(py, loop_, pipe, extra)?,
             state: AttachedCell::new(ReadState {
                 ends: Ends::new(pipe, protocol),
                 flags: Flags::default(),
@@ -261,8 +262,8 @@ impl ReadPipeTransport {
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.base.loop_.clone_ref(py)
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.base.loop_.object(py)
     }
 
     #[getter]

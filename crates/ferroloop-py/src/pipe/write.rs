@@ -14,9 +14,8 @@ use rustix::io::Errno;
 use super::{new_base, pipe_of, run_start, set_protocol, traverse, Ends, PipeState};
 use crate::buffers::Chunk;
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
 use crate::glue::{self, os_error};
-use crate::owner::{IoOp, Owner};
+use crate::owner::{IoOp, LoopRef, Owner};
 use crate::transport::base::{self, Base, Flags, Transport};
 use crate::transport::{fd_of, is_strided_view, not_contiguous, retry_later, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
@@ -137,7 +136,7 @@ impl WritePipeTransport {
                 base::fatal_error(slf, &os_error(&e), "Fatal write error on pipe transport")
             }
             Ok((n, done)) => {
-                this.base.lp().stats.wrote(n);
+                this.base.lp().stats().wrote(n);
                 drop(done);
                 if !this.state.with(py, |s| s.writes.is_empty())? {
                     return Ok(());
@@ -191,7 +190,8 @@ impl WritePipeTransport {
     #[new]
     #[pyo3(signature = (loop_, pipe, protocol, waiter=None, extra=None))]
     fn new(
-        loop_: &Bound<'_, LoopCore>,
+        py: Python<'_>,
+        loop_: LoopRef,
         pipe: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
         waiter: Option<&Bound<'_, PyAny>>,
@@ -199,7 +199,7 @@ impl WritePipeTransport {
     ) -> PyResult<Self> {
         let _ = waiter; // resolved by `_start`, once the object exists
         Ok(WritePipeTransport {
-            base: new_base(loop_, pipe, extra)?,
+            base: new_base(py, loop_, pipe, extra)?,
             state: AttachedCell::new(WriteState {
                 ends: Ends::new(pipe, protocol),
                 writes: WriteQueue::new(),
@@ -260,7 +260,7 @@ impl WritePipeTransport {
         if !queued {
             match rustix::io::write(fd_of(this.base.fd), chunk.as_bytes()) {
                 Ok(n) => {
-                    this.base.lp().stats.wrote(n);
+                    this.base.lp().stats().wrote(n);
                     if n == size {
                         return Ok(());
                     }
@@ -388,8 +388,8 @@ impl WritePipeTransport {
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.base.loop_.clone_ref(py)
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.base.loop_.object(py)
     }
 
     #[getter]

@@ -25,11 +25,9 @@ use super::read::{protocol_buffer_error, ReadStep};
 use super::{State, StreamTransport};
 use crate::buffers::Chunk;
 use crate::glue::os_error;
-use crate::owner::Done;
-use crate::owner::{IoOp, Owner};
+use crate::owner::{Done, IoOp, LoopIo, Owner};
 use crate::transport::base;
 use crate::transport::{is_exit, with_bytes_mut};
-use ferroloop_core::driver::uring::Uring;
 use ferroloop_core::driver::BufRef;
 
 /// The operations a transport has in flight, and what they received while reading was paused.
@@ -93,51 +91,50 @@ impl Source<'_> {
     }
 
     /// Copies as much as fits into `out` and moves past it. Runs no Python code.
-    fn copy_into(&mut self, uring: Option<&Uring>, out: &mut [u8]) -> usize {
+    fn copy_into(&mut self, py: Python<'_>, lp: &dyn LoopIo, out: &mut [u8]) -> PyResult<usize> {
         match self {
             Source::Bytes(b) => {
                 let n = b.len().min(out.len());
                 out[..n].copy_from_slice(&b[..n]);
                 *b = &b[n..];
-                n
+                Ok(n)
             }
             Source::Ring { parts, part, from } => {
-                let Some(u) = uring else { return 0 };
                 let mut n = 0;
                 while n < out.len() && *part < parts.len() {
                     let (buf, len) = parts[*part];
-                    let got = u.copy_out(buf, len, *from, &mut out[n..]);
+                    let got = lp.copy_out(py, buf, len, *from, &mut out[n..])?;
                     n += got;
                     *from += got;
                     if *from >= len {
                         *part += 1;
                         *from = 0;
+                    } else if got == 0 {
+                        break; // the loop closed: its buffers are gone
                     }
                 }
-                n
+                Ok(n)
             }
         }
     }
 
     /// What is left, as a `bytes` (to hold while reading is paused).
-    fn rest<'py>(&mut self, py: Python<'py>, uring: Option<&Uring>) -> Bound<'py, PyBytes> {
+    fn rest<'py>(&mut self, py: Python<'py>, lp: &dyn LoopIo) -> PyResult<Bound<'py, PyBytes>> {
         let mut out = Vec::new();
         match self {
             Source::Bytes(b) => out.extend_from_slice(b),
             Source::Ring { parts, part, from } => {
-                if let Some(u) = uring {
-                    for &(buf, len) in &parts[*part..] {
-                        let start = out.len();
-                        out.resize(start + len - *from, 0);
-                        u.copy_out(buf, len, *from, &mut out[start..]);
-                        *from = 0;
-                    }
+                for &(buf, len) in &parts[*part..] {
+                    let start = out.len();
+                    out.resize(start + len - *from, 0);
+                    let got = lp.copy_out(py, buf, len, *from, &mut out[start..])?;
+                    out.truncate(start + got);
+                    *from = 0;
                 }
             }
         }
         *self = Source::Bytes(&[]);
-        // NOTE: bytes are not GC-tracked: making one inside the loop's borrow is allowed.
-        PyBytes::new(py, &out)
+        Ok(PyBytes::new(py, &out))
     }
 }
 
@@ -278,13 +275,7 @@ impl StreamTransport {
                     from: 0,
                 };
                 let given = Self::give_buffered(slf, &get_buffer, &buffer_updated, &mut source);
-                this.base.lp().with_uring(py, |u| {
-                    if let Some(u) = u {
-                        for &(buf, _) in parts {
-                            u.recycle(buf);
-                        }
-                    }
-                })?;
+                this.base.lp().recycle(py, &done.buffers)?;
                 given?;
                 return base::sync_interest(slf);
             }
@@ -309,7 +300,7 @@ impl StreamTransport {
             return Ok(());
         }
         if result == -Errno::NOBUFS.raw_os_error() {
-            // Every provided buffer is taken: wait for some to come back (`LoopCore::starve`).
+            // Every provided buffer is taken: wait for some to come back (`LoopIo::starve`).
             this.state.with(py, |s| s.ops.starved = true)?;
             return this.base.lp().starve(py, Owner::Stream(slf.clone().unbind()));
         }
@@ -322,7 +313,7 @@ impl StreamTransport {
         }
         // `None` for the peer's EOF (a receive of 0 bytes, which ends the operation).
         let item = if result > 0 { data } else { None };
-        this.base.lp().stats.read(usize::try_from(result).unwrap_or(0));
+        this.base.lp().stats().read(usize::try_from(result).unwrap_or(0));
         let direct = this
             .state
             .with(py, |s| s.flags.is_reading() && !s.read_eof && s.ops.held.is_empty())?;
@@ -408,7 +399,7 @@ impl StreamTransport {
                     if target.is_empty() {
                         return Ok(0);
                     }
-                    this.base.lp().with_uring(py, |u| source.copy_into(u, target))
+                    source.copy_into(py, this.base.lp(), target)
                 });
                 match n {
                     Some(Ok(n)) if n > 0 => Ok(n),
@@ -431,7 +422,7 @@ impl StreamTransport {
                 .state
                 .with(py, |s| s.flags.conn_lost == 0 && s.flags.is_reading())?;
             if !reading && !source.is_empty() {
-                let rest = this.base.lp().with_uring(py, |u| source.rest(py, u))?;
+                let rest = source.rest(py, this.base.lp())?;
                 this.state.with(py, |s| s.ops.held.push_front(Some(rest.unbind())))?;
                 break;
             }

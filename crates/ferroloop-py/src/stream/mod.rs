@@ -30,9 +30,8 @@ use rustix::net::Shutdown;
 
 use crate::buffers::Chunk;
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
 use crate::glue::{self, copy_context, os_error};
-use crate::owner::{IoOp, Owner};
+use crate::owner::{IoOp, LoopRef, Owner};
 use crate::tls::TlsProtocol;
 
 mod completion;
@@ -350,7 +349,8 @@ impl StreamTransport {
     #[new]
     #[pyo3(signature = (loop_, sock, protocol, waiter=None, extra=None, server=None, context=None))]
     fn new(
-        loop_: &Bound<'_, LoopCore>,
+        py: Python<'_>,
+        loop_: LoopRef,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
         waiter: Option<&Bound<'_, PyAny>>,
@@ -359,16 +359,16 @@ impl StreamTransport {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let _ = waiter; // resolved by `_start`, once the object exists
-        let py = loop_.py();
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         let extra = glue::helper(py, "socket_extra")?
             .call1((sock, extra))?
             .cast_into::<PyDict>()?
             .unbind();
         let server = server.filter(|s| !s.is_none()).map(|s| s.clone().unbind());
+        let completion = loop_.io().completion_streams(py)?;
         let transport = StreamTransport {
             base: Base {
-                loop_: loop_.clone().unbind(),
+                loop_,
                 fd,
                 extra,
                 context: match context.filter(|c| !c.is_none(py)) {
@@ -391,7 +391,7 @@ impl StreamTransport {
                 eof: false,
                 empty_waiter: None,
                 flags: Flags::default(),
-                completion: loop_.get().completion_streams(py)?,
+                completion,
                 ops: completion::Ops::default(),
             }),
         };
@@ -554,8 +554,8 @@ impl StreamTransport {
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.base.loop_.clone_ref(py)
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.base.loop_.object(py)
     }
 
     #[getter]

@@ -51,13 +51,13 @@ impl StreamTransport {
     fn read_data(slf: &Bound<'_, Self>, sink: &Sink<'_>, large: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let data = match read::read_bytes(this.base.lp(), py, this.base.fd, large)? {
+        let data = match read::read_bytes(this.base.lp().read_buf(), py, this.base.fd, large)? {
             Ok(data) => data,
             Err(Errno::AGAIN | Errno::INTR) => return Ok(()),
             Err(e) => return base::fatal_error(slf, &os_error(&e.into()), "Fatal read error on socket transport"),
         };
         let n = data.as_bytes().len();
-        this.base.lp().stats.read(n);
+        this.base.lp().stats().read(n);
         this.state.with(py, |s| s.last_read = n)?;
         if n == 0 {
             return Self::on_eof(slf);
@@ -110,7 +110,7 @@ impl StreamTransport {
         };
         let n = match read {
             Ok((n, _)) => {
-                this.base.lp().stats.read(n);
+                this.base.lp().stats().read(n);
                 n
             }
             Err(Errno::AGAIN | Errno::INTR) => return Ok(()),

@@ -70,7 +70,7 @@ impl StreamTransport {
         let unit = |nbytes: usize| counted_items.filter(|&n| n < nbytes).map_or(1, |n| nbytes / n);
         let attempt = Attempt {
             fd: this.base.fd,
-            stats: &this.base.lp().stats,
+            stats: this.base.lp().stats(),
             conn_lost,
             queued,
         };
@@ -232,7 +232,7 @@ impl StreamTransport {
             Err(e) if retry_later(&e) => Ok(()),
             Err(e) => Self::write_failed(slf, &os_error(&e)),
             Ok((n, done)) => {
-                this.base.lp().stats.wrote(n);
+                this.base.lp().stats().wrote(n);
                 if !done.is_empty() {
                     this.state.with(py, |s| s.sent(&done))?;
                 }

@@ -148,7 +148,7 @@ impl TlsProtocol {
     pub(super) fn start_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let start = if this.loop_.get().debug() {
+        let start = if this.loop_.io().debug() {
             glue::helper(py, "log_debug")?.call1(("%r starts SSL handshake", slf))?;
             Some(crate::glue::loop_time())
         } else {
@@ -213,7 +213,7 @@ impl TlsProtocol {
             }
             Err(err) => return Err(err),
         };
-        if this.loop_.get().debug() {
+        if this.loop_.io().debug() {
             let start = this
                 .with(py, |s| s.handshake_start)?
                 .unwrap_or_else(crate::glue::loop_time);

@@ -32,8 +32,8 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::buffers::MAX_READ;
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
 use crate::glue;
+use crate::owner::LoopRef;
 use crate::transport::default_limits;
 
 mod machine;
@@ -201,7 +201,7 @@ fn is_exception(py: Python<'_>, err: &PyErr) -> bool {
 
 #[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
 pub struct TlsProtocol {
-    loop_: Py<LoopCore>,
+    loop_: LoopRef,
     sslobj: Py<PyAny>,
     incoming: Py<PyAny>,
     outgoing: Py<PyAny>,
@@ -225,7 +225,8 @@ impl TlsProtocol {
     #[allow(clippy::too_many_arguments)] // asyncio's constructor, plus what Python prepared
     #[pyo3(signature = (loop_, app_protocol, sslobj, incoming, outgoing, sslcontext, waiter, call_connection_made, handshake_timeout, shutdown_timeout))]
     fn new(
-        loop_: &Bound<'_, LoopCore>,
+        py: Python<'_>,
+        loop_: LoopRef,
         app_protocol: &Bound<'_, PyAny>,
         sslobj: &Bound<'_, PyAny>,
         incoming: &Bound<'_, PyAny>,
@@ -236,13 +237,12 @@ impl TlsProtocol {
         handshake_timeout: Py<PyAny>,
         shutdown_timeout: Py<PyAny>,
     ) -> PyResult<Self> {
-        let py = loop_.py();
         let extra = PyDict::new(py);
         extra.set_item("sslcontext", sslcontext)?;
         let (incoming_high, incoming_low) = default_limits(HIGH_WATER_SSL_READ);
         let (outgoing_high, outgoing_low) = default_limits(HIGH_WATER_SSL_WRITE);
         Ok(TlsProtocol {
-            loop_: loop_.clone().unbind(),
+            loop_,
             incoming_write: incoming.getattr("write")?.unbind(),
             sslobj_read: sslobj.getattr("read")?.unbind(),
             sslobj_write: sslobj.getattr("write")?.unbind(),
@@ -382,7 +382,7 @@ impl TlsProtocol {
         let this = slf.get();
         this.with(py, |s| s.eof_received = true)?;
         let result = (|| {
-            if this.loop_.get().debug() {
+            if this.loop_.io().debug() {
                 glue::helper(py, "log_debug")?.call1(("%r received EOF", slf))?;
             }
             match this.phase(py)? {
@@ -476,8 +476,8 @@ impl TlsProtocol {
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.loop_.clone_ref(py)
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.loop_.object(py)
     }
 
     #[getter]
@@ -506,7 +506,7 @@ impl TlsProtocol {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.loop_)?;
+        self.loop_.traverse(&visit)?;
         visit.call(&self.sslobj)?;
         visit.call(&self.incoming)?;
         visit.call(&self.outgoing)?;

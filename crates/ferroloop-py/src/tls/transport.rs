@@ -10,7 +10,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::{App, Phase, TlsProtocol, HIGH_WATER_SSL_READ, HIGH_WATER_SSL_WRITE};
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
+use crate::owner::LoopRef;
 use crate::transport::{compat_flag, given_limits};
 
 /// `ferroloop._compat.TLS_IS_CLOSING_ASKS_BELOW`, read once.
@@ -27,7 +27,7 @@ fn is_closing_asks_below(py: Python<'_>) -> PyResult<bool> {
 /// The application's side of a TLS connection (asyncio's `_SSLProtocolTransport`).
 #[pyclass(frozen, subclass, weakref, extends = crate::transport_root::TransportRoot, module = "ferroloop._ferroloop")]
 pub struct TlsTransport {
-    loop_: Py<LoopCore>,
+    loop_: LoopRef,
     side: AttachedCell<Side>,
 }
 
@@ -289,12 +289,12 @@ impl TlsTransport {
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.loop_.clone_ref(py)
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.loop_.object(py)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.loop_)?;
+        self.loop_.traverse(&visit)?;
         if let Some(s) = self.side.for_traverse() {
             visit.call(&s.protocol)?;
         }

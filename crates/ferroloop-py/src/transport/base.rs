@@ -18,13 +18,12 @@ use pyo3::{PyClass, PyTraverseError, PyVisit};
 
 use super::{flow_callback, is_exit, write_buffer_limits, WaterMarks};
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
 use crate::glue;
-use crate::owner::{IoOp, Owner};
+use crate::owner::{IoOp, LoopIo, LoopRef, Owner};
 
 /// What a transport holds besides its state: set at creation, never changed.
 pub struct Base {
-    pub loop_: Py<LoopCore>,
+    pub loop_: LoopRef,
     pub fd: RawFd,
     pub extra: Py<PyDict>,
     /// The context protocol callbacks run in: a copy of the creator's.
@@ -32,12 +31,13 @@ pub struct Base {
 }
 
 impl Base {
-    pub fn lp(&self) -> &LoopCore {
-        self.loop_.get()
+    #[inline]
+    pub fn lp(&self) -> &dyn LoopIo {
+        self.loop_.io()
     }
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.loop_)?;
+        self.loop_.traverse(visit)?;
         visit.call(&self.extra)?;
         visit.call(&self.context)
     }

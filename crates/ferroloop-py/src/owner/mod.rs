@@ -1,7 +1,8 @@
-//! The Rust objects that own an fd's readiness (transports, listening sockets) and the work the
-//! loop queues for them.
+//! The hub between the loop and the Rust objects that own an fd's readiness (transports,
+//! listening sockets): what the loop asks of them ([`Owner`], [`IoOp`]) and, in `loop_ref.rs`,
+//! what they ask of the loop ([`LoopIo`] through a [`LoopRef`]).
 //!
-//! An owner tells the loop what it wants to hear about (`LoopCore::set_owner_interest`); the loop
+//! An owner tells the loop what it wants to hear about ([`LoopIo::set_owner_interest`]); the loop
 //! queues an [`IoOp`] for it when the fd is ready, in the same ready queue as callbacks, so the
 //! order of events is asyncio's. Nothing here allocates a Python object.
 
@@ -15,6 +16,10 @@ use crate::pipe::{ReadPipeTransport, WritePipeTransport};
 use crate::stream::StreamTransport;
 use crate::transport::in_context;
 
+mod loop_ref;
+
+pub use loop_ref::{LoopIo, LoopRef};
+
 /// What an owner learns of one of its operations.
 #[derive(Debug)]
 pub struct Done {
@@ -25,7 +30,7 @@ pub struct Done {
     /// The operation goes on (a multishot receive).
     pub more: bool,
     /// The provided buffers holding received data, oldest first, with the bytes in each: the
-    /// owner must take them (`LoopCore::take_buffers`), which gives them back to the kernel.
+    /// owner must take them ([`LoopIo::take_buffers`]), which gives them back to the kernel.
     pub buffers: Buffers,
 }
 

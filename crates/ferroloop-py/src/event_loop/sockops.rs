@@ -17,9 +17,9 @@ use pyo3::{PyTraverseError, PyVisit};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
+use super::LoopCore;
 use crate::buffers::MAX_READ;
 use crate::cell::AttachedCell;
-use crate::event_loop::LoopCore;
 use crate::glue::{self, os_error};
 use crate::handle::Handle;
 use crate::tasks::new_future;
@@ -54,7 +54,7 @@ pub struct SockOp {
 fn recv(py: Python<'_>, lp: &LoopCore, fd: RawFd, n: usize) -> PyResult<Attempt> {
     let flags = RecvFlags::DONTWAIT;
     let res = if n <= MAX_READ {
-        lp.with_read_buf(py, |buf| {
+        lp.read_buf.with(py, |buf| {
             rustix::net::recv(fd_of(fd), &mut buf[..n], flags).map(|(k, _)| PyBytes::new(py, &buf[..k]))
         })?
     } else {
