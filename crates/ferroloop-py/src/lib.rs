@@ -45,6 +45,7 @@ mod _ferroloop {
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::handle::Handle::install_traverse(m.py());
         crate::fastcall::install(m.py())?;
+        crate::stream::plug_native_reader(crate::tls::native_reader());
         Ok(())
     }
 

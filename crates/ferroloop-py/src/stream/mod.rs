@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use ferroloop_core::driver::Interest;
 use ferroloop_core::writeq::WriteQueue;
@@ -32,7 +33,6 @@ use crate::buffers::Chunk;
 use crate::cell::AttachedCell;
 use crate::glue::{self, copy_context, os_error};
 use crate::owner::{IoOp, LoopRef, Owner};
-use crate::tls::TlsProtocol;
 
 mod completion;
 mod read;
@@ -60,8 +60,8 @@ struct Proto {
 
 enum Reader {
     Data(Py<PyAny>),
-    /// ferroloop's TLS protocol: given each read in Rust.
-    Tls(Py<TlsProtocol>),
+    /// A protocol written in Rust (TLS's): given each read without a Python call.
+    Native(Py<PyAny>, Feed),
     Buffered {
         get_buffer: Py<PyAny>,
         buffer_updated: Py<PyAny>,
@@ -322,11 +322,32 @@ impl StreamTransport {
     }
 }
 
+/// Gives a protocol written in Rust one read (a `bytes`).
+pub type Feed = fn(&Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<()>;
+
+/// A protocol class written in Rust that takes a stream's reads without a Python call: TLS's
+/// `TlsProtocol`. TLS sits above the stream (it writes through it), so the stream does not name
+/// it: `lib.rs` plugs it in at import ([`plug_native_reader`]).
+pub struct NativeReader {
+    /// Whether a protocol is of the class.
+    pub accepts: fn(&Bound<'_, PyAny>) -> bool,
+    pub feed: Feed,
+}
+
+static NATIVE_READER: OnceLock<NativeReader> = OnceLock::new();
+
+/// Makes the stream give reads to `reader`'s protocols in Rust (once, at import).
+pub fn plug_native_reader(reader: NativeReader) {
+    // NOTE: a second plug (a second import of the module in one process) is the same reader.
+    let _ = NATIVE_READER.set(reader);
+}
+
 fn make_proto(protocol: &Bound<'_, PyAny>) -> PyResult<Proto> {
     let py = protocol.py();
     let buffered_type = py.import("asyncio")?.getattr(intern!(py, "BufferedProtocol"))?;
-    let reader = if let Ok(tls) = protocol.cast::<TlsProtocol>() {
-        Reader::Tls(tls.clone().unbind())
+    let native = NATIVE_READER.get().filter(|n| (n.accepts)(protocol));
+    let reader = if let Some(native) = native {
+        Reader::Native(protocol.clone().unbind(), native.feed)
     } else if protocol.is_instance(&buffered_type)? {
         Reader::Buffered {
             get_buffer: protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
@@ -608,7 +629,7 @@ impl StreamTransport {
             visit.call(&p.protocol)?;
             match &p.reader {
                 Reader::Data(f) => visit.call(f)?,
-                Reader::Tls(p) => visit.call(p)?,
+                Reader::Native(p, _) => visit.call(p)?,
                 Reader::Buffered {
                     get_buffer,
                     buffer_updated,

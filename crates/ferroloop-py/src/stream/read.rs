@@ -10,10 +10,9 @@ use pyo3::types::PyBytes;
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
-use super::{Reader, StreamTransport};
+use super::{Feed, Reader, StreamTransport};
 use crate::glue::{self, os_error};
 use crate::read;
-use crate::tls::TlsProtocol;
 use crate::transport::base;
 use crate::transport::{fd_of, is_exit, with_bytes_mut};
 
@@ -39,7 +38,7 @@ impl StreamTransport {
             let large = s.last_read >= read::DIRECT_READ_MIN;
             s.proto.as_ref().map(|p| match &p.reader {
                 Reader::Data(f) => ReadStep::Data(Sink::Call(f.bind(py).clone()), large),
-                Reader::Tls(t) => ReadStep::Data(Sink::Tls(t.bind(py).clone()), large),
+                Reader::Native(p, feed) => ReadStep::Data(Sink::Native(p.bind(py).clone(), *feed), large),
                 Reader::Buffered {
                     get_buffer,
                     buffer_updated,
@@ -74,8 +73,8 @@ impl StreamTransport {
                 "Fatal error: protocol.data_received() call failed.",
             ),
             // asyncio's TLS protocol is a BufferedProtocol: its failures are reported as such.
-            Sink::Tls(tls) => (
-                TlsProtocol::feed(tls, data.as_any()),
+            Sink::Native(protocol, feed) => (
+                feed(protocol, data.as_any()),
                 "Fatal error: protocol.buffer_updated() call failed.",
             ),
         };
@@ -167,8 +166,8 @@ pub(super) enum ReadStep<'py> {
 pub(super) enum Sink<'py> {
     /// The protocol's `data_received`.
     Call(Bound<'py, PyAny>),
-    /// ferroloop's TLS protocol, called in Rust.
-    Tls(Bound<'py, TlsProtocol>),
+    /// A protocol written in Rust (TLS's), called in Rust.
+    Native(Bound<'py, PyAny>, Feed),
 }
 
 /// Why the buffer a `BufferedProtocol` gave cannot be read into (it is not a writable contiguous

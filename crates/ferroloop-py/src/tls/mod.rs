@@ -34,6 +34,7 @@ use crate::buffers::MAX_READ;
 use crate::cell::AttachedCell;
 use crate::glue;
 use crate::owner::LoopRef;
+use crate::stream::NativeReader;
 use crate::transport::default_limits;
 
 mod machine;
@@ -42,6 +43,17 @@ mod transport;
 use machine::cancel;
 
 pub use transport::TlsTransport;
+
+/// TLS's protocol as a reader the stream below feeds in Rust (plugged in by `lib.rs`).
+pub fn native_reader() -> NativeReader {
+    fn accepts(protocol: &Bound<'_, PyAny>) -> bool {
+        protocol.is_instance_of::<TlsProtocol>()
+    }
+    fn feed(protocol: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        TlsProtocol::feed(protocol.cast::<TlsProtocol>()?, data)
+    }
+    NativeReader { accepts, feed }
+}
 
 /// asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_READ` and `_WRITE`, in bytes.
 const HIGH_WATER_SSL_READ: usize = 256 * 1024;
