@@ -19,7 +19,7 @@ from runner_core import TIMEOUT
 from tracenorm import exc_repr, norm, outcome
 
 if TYPE_CHECKING:
-    from runner import Runner
+    from runner_core import RunnerCore
 
 
 class MisuseOps:
@@ -70,7 +70,7 @@ def _closed_port() -> int:
     return port
 
 
-def _with_data(r: Runner, blocking_reader: bool):
+def _with_data(r: RunnerCore, blocking_reader: bool):
     a, b = socket.socketpair()
     r.socks += [a, b]
     b.sendall(b"hello")
@@ -78,7 +78,7 @@ def _with_data(r: Runner, blocking_reader: bool):
     return a
 
 
-def _bad_connect(r: Runner):
+def _bad_connect(r: RunnerCore):
     s = r.sock()
     s.setblocking(False)
     port = _closed_port()
@@ -92,7 +92,7 @@ def _bad_connect(r: Runner):
     return go()
 
 
-def _coro_closed(r: Runner, make):
+def _coro_closed(r: RunnerCore, make):
     c = _coro()
     try:
         return make(c)
@@ -161,26 +161,26 @@ BAD_CALLS = {
 }
 
 
-def _twice(r: Runner):
+def _twice(r: RunnerCore):
     f = r.loop.create_future()
     f.set_result(1)
     f.set_result(2)
 
 
-def _set_exc_class(r: Runner):
+def _set_exc_class(r: RunnerCore):
     f = r.loop.create_future()
     f.set_exception(ValueError)
     return outcome(f)
 
 
-def _task_result_pending(r: Runner):
+def _task_result_pending(r: RunnerCore):
     t = r.loop.create_task(asyncio.sleep(0))
     t._fuzz_src = "bad-task"
     r.tasks.append(t)
     return t.result()
 
 
-def _cancel_twice(r: Runner):
+def _cancel_twice(r: RunnerCore):
     h = r.loop.call_soon(_cb)
     h.cancel()
     h.cancel()

@@ -11,37 +11,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from runner_core import SHORT, TIMEOUT, payload
+from runner_core import SHORT, TIMEOUT, Transport, payload
 from tracenorm import digest, exc_repr
 
 #: asyncio 3.12 and 3.13: the socket transport's own writelines (3.12) calls no
 #: _maybe_pause_protocol until 3.14.
 WRITELINES_SKIPS_FLOW_CONTROL = (3, 12) <= sys.version_info[:2] < (3, 14)
-
-
-class Transport:
-    """A client transport under test and its peer (a raw socket or a server-side protocol)."""
-
-    def __init__(self, src: str):
-        self.src = src
-        self.tr = None
-        self.proto = None
-        self.peer_sock = None
-        self.peer_tr = None
-        self.server = None
-        self.peer_buf = bytearray()
-        self.peer_eof = False
-        self.peer_closed = False
-        #: Written with writelines where asyncio's does no flow control (see op_tr_write).
-        self.unpaced = False
-        self.peer_task = None
-        self.expected_peer = 0  # bytes the peer must eventually get
-        self.expected_proto = 0  # bytes the protocol must eventually get
-        self.paused = False
-        self.eof_written = False
-        self.closed = False  # close() or abort() called by user code
-        self.changed: asyncio.Event | None = None
-        self.senders: list[asyncio.Task] = []
 
 
 class TransportOps:

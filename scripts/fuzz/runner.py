@@ -81,7 +81,7 @@ def run(name: str, backend: str, ops: list[dict]) -> dict:
     loop = make_loop(name, backend)
     asyncio.set_event_loop(loop)
     runner = Runner(loop, ops)
-    logger.addHandler(LogRecorder(runner))
+    logger.addHandler(LogRecorder(runner.rec))
     logger.propagate = False
     try:
         loop.run_until_complete(runner.main())

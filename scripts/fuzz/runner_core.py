@@ -16,12 +16,8 @@ import contextvars
 import functools
 import socket
 import time
-from typing import TYPE_CHECKING
 
 from tracenorm import digest, exc_repr, norm, outcome
-
-if TYPE_CHECKING:
-    from ops_transport import Transport
 
 TIMEOUT = 2.0  # the longest any single wait of a program may take (an op: twice that)
 SHORT = 0.03  # how long to watch for something that must NOT happen
@@ -33,6 +29,31 @@ def payload(spec: dict) -> bytes:
     size, b = spec["size"], spec["b"]
     unit = bytes((b + k) % 256 for k in range(251))
     return (unit * (size // len(unit) + 1))[:size]
+
+
+class Transport:
+    """A client transport under test and its peer (a raw socket or a server-side protocol)."""
+
+    def __init__(self, src: str):
+        self.src = src
+        self.tr = None
+        self.proto = None
+        self.peer_sock = None
+        self.peer_tr = None
+        self.server = None
+        self.peer_buf = bytearray()
+        self.peer_eof = False
+        self.peer_closed = False
+        #: Written with writelines where asyncio's does no flow control (see op_tr_write).
+        self.unpaced = False
+        self.peer_task = None
+        self.expected_peer = 0  # bytes the peer must eventually get
+        self.expected_proto = 0  # bytes the protocol must eventually get
+        self.paused = False
+        self.eof_written = False
+        self.closed = False  # close() or abort() called by user code
+        self.changed: asyncio.Event | None = None
+        self.senders: list[asyncio.Task] = []
 
 
 class FuzzError(Exception):

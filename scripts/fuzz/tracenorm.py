@@ -11,11 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from runner_core import RunnerCore
 
 
 def digest(data: bytes) -> str:
@@ -65,9 +62,10 @@ def outcome(fut) -> list:
 
 
 class LogRecorder(logging.Handler):
-    def __init__(self, runner: RunnerCore):
+    def __init__(self, rec: Callable[..., None]):
+        """``rec``: the runner's trace recorder (``RunnerCore.rec``)."""
         super().__init__(logging.DEBUG)
-        self.runner = runner
+        self.rec = rec
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -75,7 +73,7 @@ class LogRecorder(logging.Handler):
         except Exception:  # noqa: BLE001
             msg = "?"
         exc = record.exc_info[1] if record.exc_info else None
-        self.runner.rec(
+        self.rec(
             "log:" + norm(msg),
             "ev",
             record.levelname,
