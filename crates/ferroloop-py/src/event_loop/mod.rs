@@ -51,7 +51,7 @@ mod run;
 mod sockops;
 mod util;
 
-use ops::completion_supported;
+use ops::completion_wanted;
 use readers::{IoEntry, IoKey};
 use util::closed_error;
 pub use util::is_plain_task_keyword;
@@ -157,9 +157,7 @@ impl LoopCore {
     fn _core_init(&self, py: Python<'_>, backend: &str) -> PyResult<()> {
         let backend: Backend = backend.parse().map_err(PyValueError::new_err)?;
         let driver = Driver::new(backend).map_err(|e| os_error(&e))?;
-        let completion = backend == Backend::IoUring
-            && completion_supported()
-            && std::env::var("FERROLOOP_URING_STREAMS").map_or(true, |v| v != "readiness");
+        let completion = completion_wanted(backend);
         let old = self.state.with(py, |s| {
             s.completion_streams = completion;
             s.driver.replace(Arc::new(driver))
@@ -496,13 +494,7 @@ impl LoopCore {
     /// Drops every queued callback, timer and fd registration and closes the driver's fds.
     fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
         self.closed.store(true, Ordering::Relaxed);
-        // The kernel must be done with every operation's memory before the table lets go of it.
-        let driver = self.state.with(py, |s| s.driver.clone())?;
-        if let Some(u) = driver.as_deref().and_then(Driver::uring) {
-            py.detach(|| u.drain_ops());
-        }
-        let ops = self.state.with(py, |s| s.ops.drain())?;
-        drop(ops);
+        self.end_ops(py)?;
         let dropped = self.state.with(py, |s| {
             let sources = match s.driver.as_deref() {
                 Some(d) => s.sources.drain(d),

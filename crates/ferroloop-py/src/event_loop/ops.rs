@@ -5,7 +5,7 @@
 use std::os::fd::RawFd;
 
 use ferroloop_core::driver::uring::Uring;
-use ferroloop_core::driver::{BufRef, Driver};
+use ferroloop_core::driver::{Backend, BufRef, Driver};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -14,12 +14,16 @@ use super::{closed_error, LoopCore, Ready, State};
 use crate::glue::os_error;
 use crate::owner::{Buffers, IoOp, Owner};
 
-/// The kernel has what the completion model needs (only `io_uring` asks).
-pub(super) fn completion_supported() -> bool {
+/// Whether stream transports on `backend` use the completion model: on `io_uring` where the
+/// kernel has what it needs, unless `FERROLOOP_URING_STREAMS=readiness`.
+pub(super) fn completion_wanted(backend: Backend) -> bool {
     #[cfg(target_os = "linux")]
-    return ferroloop_core::driver::uring::Uring::completion_supported();
+    let supported = Uring::completion_supported();
     #[cfg(not(target_os = "linux"))]
-    false
+    let supported = false;
+    backend == Backend::IoUring
+        && supported
+        && std::env::var("FERROLOOP_URING_STREAMS").map_or(true, |v| v != "readiness")
 }
 
 /// Gives starved receives (see [`LoopCore::starve`]) their `IoOp::Rearm`: as many as buffers
@@ -34,6 +38,18 @@ pub(super) fn restart_starved(s: &mut State) {
 }
 
 impl LoopCore {
+    /// At close: waits until the kernel is done with every operation's memory, then lets the
+    /// table go of it (the buffers of sends, the owners).
+    pub(super) fn end_ops(&self, py: Python<'_>) -> PyResult<()> {
+        let driver = self.state.with(py, |s| s.driver.clone())?;
+        if let Some(u) = driver.as_deref().and_then(Driver::uring) {
+            py.detach(|| u.drain_ops());
+        }
+        let ops = self.state.with(py, |s| s.ops.drain())?;
+        drop(ops);
+        Ok(())
+    }
+
     /// `owner`'s multishot receive ended with `ENOBUFS`: every provided buffer was taken. It
     /// waits here instead of starting again at once: with thousands of connections, restarting
     /// each at once made every batch of buffers cost a failed receive per connection (5,000

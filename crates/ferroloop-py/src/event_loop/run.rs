@@ -253,8 +253,10 @@ impl LoopCore {
                 break;
             };
             match item {
+                // `into_bound`: dropping a `Bound` is a plain decref, where dropping a `Py` first
+                // reads thread-local state (is the thread attached?).
                 Ready::Native(h) => {
-                    let h = h.bind(py);
+                    let h = &h.into_bound(py);
                     if h.get().is_cancelled() {
                         continue;
                     }
@@ -292,7 +294,7 @@ impl LoopCore {
                     }
                 }
                 Ready::Foreign(obj) => {
-                    let obj = obj.bind(py);
+                    let obj = &obj.into_bound(py);
                     if obj.getattr("_cancelled")?.is_truthy()? {
                         continue;
                     }
