@@ -328,7 +328,50 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.loop_.traverse(&visit)?;
+        self.traverse_refs(&visit)
+    }
+}
+
+/// Parking: the cyclic GC does not walk the handles the loop queues.
+///
+/// A handle that `call_soon` or `call_later` makes is held by the loop's ready queue or timer
+/// queue until it runs or is dropped, and nothing the GC could find there is garbage while the
+/// loop is alive. So the loop parks it (untracks it) as it queues it and unparks it (tracks it
+/// again) as it lets go of it; meanwhile the loop's own traversal reports what the handle holds
+/// ([`Handle::traverse_refs`]), as if the loop held it, so a loop that becomes garbage with
+/// handles queued is still found and finalized (asyncio's `__del__` then closes it). The GC's
+/// young collections then walk half as many objects per callback (the handle's copied context
+/// remains): with them walked, `call_soon batch` spent half its time (wall clock) in the GC.
+///
+/// A parked handle has exactly one loop reference: `_add_callback` unparks a handle it is given
+/// before queueing it again, so the loop never reports the same references twice.
+impl Handle {
+    /// Stops the GC tracking `obj`, a handle the loop has just queued.
+    pub fn park(obj: &Bound<'_, PyAny>) {
+        // SAFETY: `obj` is a live object of a GC type (`Handle` and its subclasses), and the
+        // thread is attached; untracking an untracked object does nothing.
+        unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
+    }
+
+    /// Tracks `obj` again if it was parked: the loop is letting go of it.
+    pub fn unpark(obj: &Bound<'_, PyAny>) {
+        // SAFETY: as in `park`; `PyObject_GC_Track` is only called on an untracked object.
+        unsafe {
+            if ffi::PyObject_GC_IsTracked(obj.as_ptr()) == 0 {
+                ffi::PyObject_GC_Track(obj.as_ptr().cast());
+            }
+        }
+    }
+
+    /// Whether `obj` is parked (the loop's traversal then reports what it holds).
+    pub fn is_parked<T>(obj: &Py<T>) -> bool {
+        // SAFETY: `obj` is a live object; reading its tracked flag runs nothing.
+        unsafe { ffi::PyObject_GC_IsTracked(obj.as_ptr()) == 0 }
+    }
+
+    /// Visits what the handle holds: its `__traverse__`, and the loop's for a parked handle.
+    pub fn traverse_refs(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.loop_.traverse(visit)?;
         visit.call(&self.source_traceback)?;
         if let Some(cb) = self.callback.for_traverse() {
             if let Some(cb) = cb.as_ref() {

@@ -55,8 +55,8 @@ DEFAULT_FAMILIES = tuple(name for name in FAMILIES if name != "callgrind")
 #: Families whose load generator is ferroloop-echoclient.
 NEED_ECHOCLIENT = ("echo", "udp", "tls", "conns")
 
-#: The pair the report compares head to head, and whose losing rows it lists.
-HEAD_TO_HEAD = ("ferroloop", "uvloop")
+#: The loop the report compares with the best of the others, row by row.
+SUBJECT = "ferroloop"
 
 #: Per-mode defaults: repetitions, echo warm-up and measured seconds per run, micro seconds per run.
 PROFILES = {
@@ -290,8 +290,8 @@ def main(argv=None):
     started = time.monotonic()
     records, interrupted = measure_all(plan, families, loop_names, args.reps, total, ctx)
 
-    head_to_head = HEAD_TO_HEAD if all(loop in loop_names for loop in HEAD_TO_HEAD) else None
-    rows = stats.summarize(records, loop_names, loops.BASELINE, head_to_head, system.MAX_OTHER)
+    subject = SUBJECT if SUBJECT in loop_names else None
+    rows = stats.summarize(records, loop_names, loops.BASELINE, subject, system.MAX_OTHER)
     meta = {
         "command": " ".join(
             ["python -m ferroloop.bench", *(sys.argv[1:] if argv is None else argv)]
@@ -326,7 +326,7 @@ def main(argv=None):
         family_titles,
         loop_names,
         loops.BASELINE,
-        head_to_head,
+        subject,
         system.MAX_OTHER,
     )
     # The console gets the report without its reading guide, which is in the file.

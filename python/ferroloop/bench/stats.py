@@ -48,12 +48,30 @@ def _pair(ok, clean, a, b, metric, higher=None):
     return _paired(clean[a], clean[b], metric, higher) or _paired(ok[a], ok[b], metric, higher)
 
 
-def summarize(records, loops, baseline, head_to_head=None, max_other=float("inf")):
+def _versus_best(ok, clean, subject, peers, higher):
+    """metric -> the paired ``subject``/peer ratio against the peer it fares worst against (the
+    best peer on that metric in that row), with that peer's name as ``peer``; None where no peer
+    has a figure."""
+    versus = {}
+    for metric in ("value", "cpu_us"):
+        best = None
+        for peer in peers:
+            if not ok.get(peer):
+                continue
+            r = _pair(ok, clean, subject, peer, metric, higher.get(metric))
+            if r and (best is None or r["median"] < best["median"]):
+                best = {**r, "peer": peer}
+        versus[metric] = best
+    return versus
+
+
+def summarize(records, loops, baseline, subject=None, max_other=float("inf")):
     """Table rows, in the order cases were first measured. Each row has ``family``, ``case``,
     ``unit`` and ``cells``: loop -> {metric: median, metric_spread: (max-min)/median,
     ``ratio``/``cpu_ratio``: paired ratio to the baseline, ``reps`` used, ``error`` when no
-    repetition succeeded}, and ``lower_is_better`` when its values are times. With
-    ``head_to_head=(a, b)`` a row also has ``versus``: metric -> paired a/b."""
+    repetition succeeded}, and ``lower_is_better`` when its values are times. With a
+    ``subject`` (ferroloop) a row also has ``versus``: metric -> the paired subject/peer ratio
+    against the best of the other loops but the baseline (see ``_versus_best``)."""
     grouped = {}
     for record in records:
         key = (record["family"], record["case"])
@@ -94,10 +112,8 @@ def summarize(records, loops, baseline, head_to_head=None, max_other=float("inf"
         row = {"family": family, "case": case, "unit": unit, "cells": cells}
         if lower:
             row["lower_is_better"] = True
-        if head_to_head and all(loop in ok for loop in head_to_head):
-            a, b = head_to_head
-            row["versus"] = {
-                m: _pair(ok, clean, a, b, m, higher.get(m)) for m in ("value", "cpu_us")
-            }
+        peers = [loop for loop in loops if loop not in (baseline, subject) and loop in ok]
+        if subject and ok.get(subject) and peers:
+            row["versus"] = _versus_best(ok, clean, subject, peers, higher)
         rows.append(row)
     return rows

@@ -82,7 +82,9 @@ impl LoopCore {
                 .into_super()
                 .unbind()
         } else {
-            Py::new(py, base)?
+            let handle = Py::new(py, base)?;
+            Handle::park(handle.bind(py).as_any());
+            handle
         };
         let queued = handle.clone_ref(py);
         this.state.with(py, |s| {
@@ -116,6 +118,7 @@ impl LoopCore {
             py,
             PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when, given)),
         )?;
+        Handle::park(timer.bind(py).as_any());
         let queued = timer.clone_ref(py);
         this.state.with(py, |s| s.timers.push(secs_to_ns(when), queued))?;
         Ok(timer)
@@ -128,6 +131,8 @@ impl LoopCore {
             if h.get().is_cancelled() {
                 return Ok(());
             }
+            // Queued a second time, it would be reported twice (see `Handle::park`).
+            Handle::unpark(h.as_any());
             Ready::Native(h.clone().unbind())
         } else {
             if handle.getattr("_cancelled")?.is_truthy()? {

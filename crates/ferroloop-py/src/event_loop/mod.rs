@@ -502,8 +502,14 @@ impl LoopCore {
             };
             (s.ready.drain(), s.timers.drain(), sources, s.driver.take())
         })?;
+        for item in &dropped.0 {
+            if let Ready::Native(h) = item {
+                Handle::unpark(h.bind(py).as_any());
+            }
+        }
         for t in &dropped.1 {
             t.get().unschedule();
+            Handle::unpark(t.bind(py).as_any());
         }
         drop(dropped);
         Ok(())
@@ -513,8 +519,10 @@ impl LoopCore {
         let Some(s) = self.state.for_traverse() else {
             return Ok(());
         };
+        // A parked handle's references are reported here, as if the loop held them.
         for item in s.ready.iter() {
             match item {
+                Ready::Native(h) if Handle::is_parked(h) => h.get().traverse_refs(&visit)?,
                 Ready::Native(h) => visit.call(h)?,
                 Ready::Foreign(o) => visit.call(o)?,
                 Ready::Io(owner, _, context) => {
@@ -523,8 +531,15 @@ impl LoopCore {
                 }
             }
         }
+        // SAFETY: the GC traverses with the thread attached; the token only views a timer as its
+        // `Handle` base (no Python code runs, no reference count changes).
+        let py = unsafe { Python::assume_attached() };
         for t in s.timers.iter() {
-            visit.call(t)?;
+            if Handle::is_parked(t) {
+                t.bind(py).as_super().get().traverse_refs(&visit)?;
+            } else {
+                visit.call(t)?;
+            }
         }
         for (_, src) in s.sources.iter() {
             visit.call(&src.data.reader)?;

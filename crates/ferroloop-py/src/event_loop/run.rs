@@ -81,6 +81,7 @@ impl LoopCore {
                 let purged = s.timers.purge_cancelled(|t| t.bind(py).as_super().get().is_cancelled());
                 for t in &purged {
                     t.get().unschedule();
+                    Handle::unpark(t.bind(py).as_any());
                 }
                 purged
             });
@@ -257,6 +258,7 @@ impl LoopCore {
                 // reads thread-local state (is the thread attached?).
                 Ready::Native(h) => {
                     let h = &h.into_bound(py);
+                    Handle::unpark(h.as_any());
                     if h.get().is_cancelled() {
                         continue;
                     }

@@ -1,0 +1,117 @@
+"""The cyclic GC and the handles a loop holds: what is alive stays alive, what is garbage goes.
+
+ferroloop keeps the handles it queues out of the GC's sight and reports what they hold from the
+loop itself (``Handle::park`` in ``handle.rs``). asyncio's own loop, whose handles the GC walks
+like any object, is the oracle: the same objects must survive and be collected on both.
+"""
+
+import asyncio
+import gc
+import weakref
+import warnings
+
+import pytest
+
+
+class Holder:
+    """An object in a cycle with a handle: it holds the handle, the handle holds its method."""
+
+    def __init__(self):
+        self.calls = 0
+        self.handle = None
+
+    def method(self, *args):
+        self.calls += 1
+
+
+def _collect():
+    for _ in range(3):
+        gc.collect()
+
+
+def test_a_queued_callback_in_a_cycle_outlives_a_collection_and_runs(loop):
+    holder = Holder()
+    holder.handle = loop.call_soon(holder.method, [object()])
+    later = Holder()
+    later.handle = loop.call_later(0, later.method)
+    alive = weakref.ref(holder), weakref.ref(later)
+    del holder, later
+    _collect()
+    assert all(ref() is not None for ref in alive)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert [ref().calls for ref in alive] == [1, 1]
+
+
+def test_a_cycle_through_a_handle_that_ran_is_collected(loop):
+    holder = Holder()
+    holder.handle = loop.call_soon(holder.method)
+    timer = Holder()
+    timer.handle = loop.call_later(0, timer.method)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    gone = weakref.ref(holder), weakref.ref(timer)
+    del holder, timer
+    _collect()
+    assert [ref() for ref in gone] == [None, None]
+
+
+def test_a_pending_timer_keeps_its_cycle_until_the_loop_closes(loop):
+    holders = []
+    for _ in range(3):
+        holder = Holder()
+        holder.handle = loop.call_later(3600, holder.method)
+        holders.append(holder)
+    refs = [weakref.ref(h) for h in holders]
+    del holders, holder
+    _collect()
+    assert all(ref() is not None for ref in refs)  # held by the loop's timer queue
+    loop.close()
+    _collect()
+    assert [ref() for ref in refs] == [None, None, None]
+
+
+def test_cancelling_a_timer_frees_its_cycle_while_the_loop_still_holds_the_timer(loop):
+    holder = Holder()
+    holder.handle = loop.call_later(3600, holder.method)
+    holder.handle.cancel()  # drops the callback, and with it the cycle
+    ref = weakref.ref(holder)
+    del holder
+    _collect()
+    assert ref() is None
+
+
+def test_handles_given_back_to_add_callback_run_once_each_and_survive_a_collection(loop):
+    holder = Holder()
+    holder.handle = loop.call_soon(holder.method)
+    loop._add_callback(holder.handle)  # queued twice now, as asyncio's signal code may do
+    ref = weakref.ref(holder)
+    del holder
+    _collect()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert ref() is not None
+    assert ref().calls == 2
+    ref().handle = None
+
+
+def test_many_queued_callbacks_survive_collections_between_them(loop):
+    seen = []
+    for i in range(2000):
+        loop.call_soon(seen.append, [i])
+        if i % 500 == 0:
+            loop.call_soon(gc.collect)
+    loop.call_later(0, gc.collect)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert [x[0] for x in seen] == list(range(2000))
+
+
+@pytest.mark.parametrize("queued", ["call_soon", "call_later"])
+def test_a_loop_dropped_unclosed_with_handles_queued_is_collected(loop_factory, queued):
+    new = loop_factory()
+    holder = Holder()
+    schedule = getattr(new, queued)
+    holder.handle = schedule(holder.method) if queued == "call_soon" else schedule(60, holder.method)
+    refs = weakref.ref(new), weakref.ref(holder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del new, schedule, holder
+        _collect()
+    assert [ref() for ref in refs] == [None, None]
