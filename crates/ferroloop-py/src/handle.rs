@@ -363,6 +363,20 @@ impl Handle {
         }
     }
 
+    /// The loop lets go of `obj`, a handle it took from its queue: tracked again, unless this is
+    /// its last reference (it is freed now, and freeing an untracked object skips the untrack).
+    /// Short-lived handles thus cost one untrack in all, not an untrack, a track and an untrack.
+    pub fn release(obj: Bound<'_, PyAny>) {
+        // NOTE: not on free-threaded builds, where another thread could revive the handle
+        // through a weak reference between the count and the drop.
+        // SAFETY: `obj` is a live object; reading its reference count runs nothing.
+        #[cfg(not(Py_GIL_DISABLED))]
+        if unsafe { ffi::Py_REFCNT(obj.as_ptr()) } == 1 {
+            return;
+        }
+        Self::unpark(&obj);
+    }
+
     /// Whether `obj` is parked (the loop's traversal then reports what it holds).
     pub fn is_parked<T>(obj: &Py<T>) -> bool {
         // SAFETY: `obj` is a live object; reading its tracked flag runs nothing.

@@ -257,17 +257,19 @@ impl LoopCore {
                 // `into_bound`: dropping a `Bound` is a plain decref, where dropping a `Py` first
                 // reads thread-local state (is the thread attached?).
                 Ready::Native(h) => {
-                    let h = &h.into_bound(py);
-                    Handle::unpark(h.as_any());
-                    if h.get().is_cancelled() {
-                        continue;
-                    }
-                    this.stats.callbacks.add(1);
-                    if debug {
-                        glue::helper(py, "run_handle_debug")?.call1((slf, h))?;
+                    let h = h.into_bound(py);
+                    let ran = if h.get().is_cancelled() {
+                        Ok(())
                     } else {
-                        Handle::run(h)?;
-                    }
+                        this.stats.callbacks.add(1);
+                        if debug {
+                            glue::helper(py, "run_handle_debug")?.call1((slf, &h)).map(drop)
+                        } else {
+                            Handle::run(&h)
+                        }
+                    };
+                    Handle::release(h.into_any());
+                    ran?;
                 }
                 Ready::Io(owner, op, context) => {
                     this.stats.io_events.add(1);
