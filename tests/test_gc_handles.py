@@ -7,8 +7,8 @@ like any object, is the oracle: the same objects must survive and be collected o
 
 import asyncio
 import gc
-import weakref
 import warnings
+import weakref
 
 import pytest
 
@@ -29,7 +29,14 @@ def _collect():
         gc.collect()
 
 
+def _crowd(loop, n=20):
+    """Queues ``n`` no-op callbacks: ferroloop parks a call_soon handle queued behind others."""
+    for _ in range(n):
+        loop.call_soon(int)
+
+
 def test_a_queued_callback_in_a_cycle_outlives_a_collection_and_runs(loop):
+    _crowd(loop)
     holder = Holder()
     holder.handle = loop.call_soon(holder.method, [object()])
     later = Holder()
@@ -43,6 +50,7 @@ def test_a_queued_callback_in_a_cycle_outlives_a_collection_and_runs(loop):
 
 
 def test_a_cycle_through_a_handle_that_ran_is_collected(loop):
+    _crowd(loop)
     holder = Holder()
     holder.handle = loop.call_soon(holder.method)
     timer = Holder()
@@ -80,6 +88,7 @@ def test_cancelling_a_timer_frees_its_cycle_while_the_loop_still_holds_the_timer
 
 
 def test_handles_given_back_to_add_callback_run_once_each_and_survive_a_collection(loop):
+    _crowd(loop)
     holder = Holder()
     holder.handle = loop.call_soon(holder.method)
     loop._add_callback(holder.handle)  # queued twice now, as asyncio's signal code may do
@@ -106,9 +115,12 @@ def test_many_queued_callbacks_survive_collections_between_them(loop):
 @pytest.mark.parametrize("queued", ["call_soon", "call_later"])
 def test_a_loop_dropped_unclosed_with_handles_queued_is_collected(loop_factory, queued):
     new = loop_factory()
+    _crowd(new)
     holder = Holder()
     schedule = getattr(new, queued)
-    holder.handle = schedule(holder.method) if queued == "call_soon" else schedule(60, holder.method)
+    holder.handle = (
+        schedule(holder.method) if queued == "call_soon" else schedule(60, holder.method)
+    )
     refs = weakref.ref(new), weakref.ref(holder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)

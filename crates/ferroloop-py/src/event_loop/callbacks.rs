@@ -20,6 +20,12 @@ fn threadsafe_handles(py: Python<'_>) -> PyResult<bool> {
         .copied()
 }
 
+/// How many callbacks must be queued ahead of a new `call_soon` handle for it to be parked. A
+/// chain of callbacks (one queued at a time, as task steps are) parks none; a burst parks all but
+/// the first few. Measured with callgrind on 3.11: parking every handle cost the chained row 30
+/// instructions per callback and saved the batch row 700.
+const PARK_BEHIND: usize = 16;
+
 impl LoopCore {
     /// A timer in the queue was cancelled: counts towards compaction.
     pub(super) fn timer_cancelled(&self, py: Python<'_>) -> PyResult<()> {
@@ -82,12 +88,15 @@ impl LoopCore {
                 .into_super()
                 .unbind()
         } else {
-            let handle = Py::new(py, base)?;
-            Handle::park(handle.bind(py).as_any());
-            handle
+            Py::new(py, base)?
         };
         let queued = handle.clone_ref(py);
         this.state.with(py, |s| {
+            // Parked only behind others: a handle near the head of the queue runs before a
+            // collection is likely to walk it, and parking costs an untrack (see `Handle::park`).
+            if !threadsafe && s.ready.len() >= PARK_BEHIND {
+                Handle::park(queued.bind(py).as_any());
+            }
             s.ready.push(Ready::Native(queued));
             if threadsafe {
                 if let Some(d) = &s.driver {
