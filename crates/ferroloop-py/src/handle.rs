@@ -347,6 +347,7 @@ impl Handle {
 /// before queueing it again, so the loop never reports the same references twice.
 impl Handle {
     /// Stops the GC tracking `obj`, a handle the loop has just queued.
+    #[inline]
     pub fn park(obj: &Bound<'_, PyAny>) {
         // SAFETY: `obj` is a live object of a GC type (`Handle` and its subclasses), and the
         // thread is attached; untracking an untracked object does nothing.
@@ -354,6 +355,7 @@ impl Handle {
     }
 
     /// Tracks `obj` again if it was parked: the loop is letting go of it.
+    #[inline]
     pub fn unpark(obj: &Bound<'_, PyAny>) {
         // SAFETY: as in `park`; `PyObject_GC_Track` is only called on an untracked object.
         unsafe {
@@ -366,6 +368,7 @@ impl Handle {
     /// The loop lets go of `obj`, a handle it took from its queue: tracked again, unless this is
     /// its last reference (it is freed now, and freeing an untracked object skips the untrack).
     /// Short-lived handles thus cost one untrack in all, not an untrack, a track and an untrack.
+    #[inline]
     pub fn release(obj: Bound<'_, PyAny>) {
         // NOTE: not on free-threaded builds, where another thread could revive the handle
         // through a weak reference between the count and the drop.
@@ -378,6 +381,7 @@ impl Handle {
     }
 
     /// Whether `obj` is parked (the loop's traversal then reports what it holds).
+    #[inline]
     pub fn is_parked<T>(obj: &Py<T>) -> bool {
         // SAFETY: `obj` is a live object; reading its tracked flag runs nothing.
         unsafe { ffi::PyObject_GC_IsTracked(obj.as_ptr()) == 0 }
