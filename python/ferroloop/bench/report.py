@@ -135,13 +135,22 @@ def behind(rows, subject, reps):
     for row in rows:
         versus = row.get("versus") or {}
         worse = []
-        speed = "time per process" if row.get("lower_is_better") else "throughput"
-        for metric, label in (("value", speed), ("cpu_us", "CPU per request")):
+        for metric in ("value", "cpu_us"):
             r = versus.get(metric)
-            if r and r["median"] < 1:
-                digits = 3 if r["median"] >= 0.995 else 2
-                note = " (its range reaches 1)" if reps > 1 and r["max"] >= 1 else ""
-                worse.append(f"{label} {_ratio(r, reps, digits)} of {r['peer']}'s{note}")
+            if not r or r["median"] >= 1:
+                continue
+            peer = r["peer"]
+            note = " (its range reaches 1)" if reps > 1 and r["max"] >= 1 else ""
+            if metric == "cpu_us":
+                label = "CPU per request"
+            elif row.get("lower_is_better"):
+                # Said as measured (ms/proc, instr/op): the subject's figure over the peer's.
+                label = row["unit"]
+                r = {"median": 1 / r["median"], "min": 1 / r["max"], "max": 1 / r["min"]}
+            else:
+                label = "throughput"
+            digits = 3 if 0.995 <= r["median"] <= 1.005 else 2
+            worse.append(f"{label} {_ratio(r, reps, digits)} of {peer}'s{note}")
         if worse:
             found.append(f"- {row['family']} / {row['case']}: {subject} {', '.join(worse)}")
     return found
