@@ -495,23 +495,23 @@ impl LoopCore {
     fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
         self.closed.store(true, Ordering::Relaxed);
         self.end_ops(py)?;
-        let dropped = self.state.with(py, |s| {
+        let (ready, timers, sources, driver) = self.state.with(py, |s| {
             let sources = match s.driver.as_deref() {
                 Some(d) => s.sources.drain(d),
                 None => Vec::new(),
             };
             (s.ready.drain(), s.timers.drain(), sources, s.driver.take())
         })?;
-        for item in &dropped.0 {
+        for item in ready {
             if let Ready::Native(h) = item {
-                Handle::unpark(h.bind(py).as_any());
+                Handle::release(h.into_bound(py).into_any());
             }
         }
-        for t in &dropped.1 {
+        for t in timers {
             t.get().unschedule();
-            Handle::unpark(t.bind(py).as_any());
+            Handle::release(t.into_bound(py).into_any());
         }
-        drop(dropped);
+        drop((sources, driver));
         Ok(())
     }
 

@@ -81,7 +81,6 @@ impl LoopCore {
                 let purged = s.timers.purge_cancelled(|t| t.bind(py).as_super().get().is_cancelled());
                 for t in &purged {
                     t.get().unschedule();
-                    Handle::unpark(t.bind(py).as_any());
                 }
                 purged
             });
@@ -100,7 +99,10 @@ impl LoopCore {
                 (s.driver.clone(), events, purged, None)
             }
         })?;
-        drop(purged);
+        // Outside the borrow: the last reference to a timer frees it.
+        for t in purged.into_iter().flatten() {
+            Handle::release(t.into_bound(py).into_any());
+        }
         // Python-level signal handlers (KeyboardInterrupt on SIGINT) run after a wait that may
         // have blocked, as they would when asyncio's select() returns EINTR. After a wait that
         // does not block they are the interpreter's to run, before the next callback's bytecode,
