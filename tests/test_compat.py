@@ -96,6 +96,15 @@ def test_loop_state_asyncio_reads_is_there_on_both_loops(attr):
             loop.close()
 
 
+@pytest.mark.parametrize("attr", _compat.LOOP_ATTRIBUTES_READ)
+def test_loop_attributes_ferroloop_reads_are_set_by_asyncio(attr):
+    loop = _compat.SelectorEventLoop()
+    try:
+        assert hasattr(loop, attr), f"asyncio's Unix loop no longer sets {attr}"
+    finally:
+        loop.close()
+
+
 def test_server_attach_matches_the_running_asyncio():
     params = list(inspect.signature(base_events.Server._attach).parameters)
     assert _compat.SERVER_TRACKS_TRANSPORTS == (params == ["self", "transport"])

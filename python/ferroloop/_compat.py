@@ -37,6 +37,7 @@ from asyncio import (
 __all__ = (
     "CALLED",
     "HOOKS",
+    "LOOP_ATTRIBUTES_READ",
     "RUST_NAMES",
     "TRANSPORT_BASES",
     "VERSION",
@@ -318,6 +319,7 @@ HOOKS = (
     "_add_callback_signalsafe",
     "_add_reader",
     "_add_writer",
+    "_close_self_pipe",
     "_make_datagram_transport",
     "_make_read_pipe_transport",
     "_make_socket_transport",
@@ -333,6 +335,10 @@ HOOKS = (
     "_timer_handle_cancelled",
     "_write_to_self",
 )
+
+#: Attributes that asyncio's Unix loop sets on itself and ``ferroloop.Loop`` reads: the self-pipe's
+#: reading end and the installed signal handlers (whether the self-pipe can be written).
+LOOP_ATTRIBUTES_READ = ("_ssock", "_signal_handlers")
 
 #: Attributes of asyncio's loop state that ferroloop keeps in Rust and asyncio's code reads or
 #: writes by name (``BaseEventLoop.__init__`` sets them; ``LoopCore`` provides them).

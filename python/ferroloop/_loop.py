@@ -106,6 +106,35 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
         self._listeners = {}
         self._children = _children.ChildWatcher(self)
         super().__init__(selector=_selector_view(self))
+        self._say_if_self_pipe_quiet()
+
+    # --- the self-pipe: watched only while a signal handler can write to it -------------------
+
+    def _say_if_self_pipe_quiet(self):
+        """Tells the core whether asyncio's self-pipe is quiet: nothing writes to it while no
+        signal handler is installed (``_write_to_self`` wakes the core's eventfd instead), so an
+        iteration that must not block may leave out its look for I/O (``State::quiet``)."""
+        ssock = getattr(self, "_ssock", None)
+        quiet = ssock is not None and not self._signal_handlers
+        self._set_quiet_pipe(ssock.fileno() if quiet else -1)
+
+    def add_signal_handler(self, sig, callback, *args):
+        # Loud from before the wakeup fd is set, so that no signal byte goes unseen.
+        self._set_quiet_pipe(-1)
+        try:
+            super().add_signal_handler(sig, callback, *args)
+        finally:
+            self._say_if_self_pipe_quiet()
+
+    def remove_signal_handler(self, sig):
+        try:
+            return super().remove_signal_handler(sig)
+        finally:
+            self._say_if_self_pipe_quiet()
+
+    def _close_self_pipe(self):
+        self._set_quiet_pipe(-1)
+        super()._close_self_pipe()
 
     def _make_socket_transport(
         self, sock, protocol, waiter=None, *, extra=None, server=None, context=None

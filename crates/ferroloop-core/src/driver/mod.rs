@@ -221,6 +221,18 @@ impl Driver {
         }
     }
 
+    /// True if a wait reports nothing but the fds it watches and the waker: the readiness
+    /// backends. An `io_uring` wait also submits queued requests and reaps completions of
+    /// operations, so it is never left out.
+    #[must_use]
+    pub fn reports_only_fds(&self) -> bool {
+        match self {
+            Driver::Epoll(_) | Driver::Poll(_) | Driver::Select(_) => true,
+            #[cfg(target_os = "linux")]
+            Driver::IoUring(_) => false,
+        }
+    }
+
     /// Starts watching `fd` for `interest`, reporting it as `token`.
     pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         match self {

@@ -91,6 +91,10 @@ impl LoopCore {
             let mut events = std::mem::take(&mut s.events);
             if timeout == Some(Duration::ZERO) {
                 let waited = match s.driver.as_deref() {
+                    Some(d) if s.quiet(d) => {
+                        events.clear();
+                        Ok(())
+                    }
                     Some(d) => d.wait(&mut events, timeout).map_err(|e| os_error(&e)),
                     None => Err(closed_error()),
                 };
