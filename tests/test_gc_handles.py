@@ -7,6 +7,7 @@ like any object, is the oracle: the same objects must survive and be collected o
 
 import asyncio
 import gc
+import threading
 import warnings
 import weakref
 
@@ -22,6 +23,8 @@ class Holder:
 
     def method(self, *args):
         self.calls += 1
+        if args and callable(args[0]):
+            args[0](*args[1:])
 
 
 def _collect():
@@ -35,10 +38,20 @@ def _crowd(loop, n=20):
         loop.call_soon(int)
 
 
-def test_a_queued_callback_in_a_cycle_outlives_a_collection_and_runs(loop):
+def _from_thread(fn, *args):
+    """``fn(*args)``, called in another thread (as ``call_soon_threadsafe`` is meant to be)."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args)))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_a_queued_callback_in_a_cycle_outlives_a_collection_and_runs(loop, method):
     _crowd(loop)
     holder = Holder()
-    holder.handle = loop.call_soon(holder.method, [object()])
+    holder.handle = getattr(loop, method)(holder.method, [object()])
     later = Holder()
     later.handle = loop.call_later(0, later.method)
     alive = weakref.ref(holder), weakref.ref(later)
@@ -49,10 +62,11 @@ def test_a_queued_callback_in_a_cycle_outlives_a_collection_and_runs(loop):
     assert [ref().calls for ref in alive] == [1, 1]
 
 
-def test_a_cycle_through_a_handle_that_ran_is_collected(loop):
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_a_cycle_through_a_handle_that_ran_is_collected(loop, method):
     _crowd(loop)
     holder = Holder()
-    holder.handle = loop.call_soon(holder.method)
+    holder.handle = getattr(loop, method)(holder.method)
     timer = Holder()
     timer.handle = loop.call_later(0, timer.method)
     loop.run_until_complete(asyncio.sleep(0.01))
@@ -125,5 +139,41 @@ def test_a_loop_dropped_unclosed_with_handles_queued_is_collected(loop_factory, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         del new, schedule, holder
+        _collect()
+    assert [ref() for ref in refs] == [None, None]
+
+
+def test_a_burst_from_another_thread_survives_collections_and_runs_in_order(loop):
+    seen = []
+    holders = []
+
+    def produce():
+        for i in range(2000):
+            holder = Holder()
+            holder.handle = loop.call_soon_threadsafe(holder.method, seen.append, i)
+            holders.append(weakref.ref(holder))
+            loop.call_soon_threadsafe(seen.append, -i)
+            if i % 500 == 0:
+                loop.call_soon_threadsafe(gc.collect)
+                gc.collect()
+
+    _from_thread(produce)
+    _collect()
+    assert all(ref() is not None for ref in holders)  # held by the loop's ready queue
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == [x for i in range(2000) for x in (i, -i)]
+    _collect()
+    assert all(ref() is None for ref in holders)
+
+
+def test_a_loop_dropped_unclosed_with_threadsafe_handles_queued_is_collected(loop_factory):
+    new = loop_factory()
+    _crowd(new)
+    holder = Holder()
+    holder.handle = _from_thread(new.call_soon_threadsafe, holder.method)
+    refs = weakref.ref(new), weakref.ref(holder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del new, holder
         _collect()
     assert [ref() for ref in refs] == [None, None]

@@ -94,7 +94,9 @@ impl LoopCore {
         this.state.with(py, |s| {
             // Parked only behind others: a handle near the head of the queue runs before a
             // collection is likely to walk it, and parking costs an untrack (see `Handle::park`).
-            if !threadsafe && s.ready.len() >= PARK_BEHIND {
+            // `call_soon_threadsafe` parks too: the caller holds the GIL (on free-threaded builds
+            // the cell's lock), and a burst from another thread queues as a burst of `call_soon`.
+            if s.ready.len() >= PARK_BEHIND {
                 Handle::park(queued.bind(py).as_any());
             }
             s.ready.push(Ready::Native(queued));
