@@ -6,6 +6,7 @@ like any object, is the oracle: the same objects must survive and be collected o
 """
 
 import asyncio
+import contextvars
 import gc
 import threading
 import warnings
@@ -177,3 +178,56 @@ def test_a_loop_dropped_unclosed_with_threadsafe_handles_queued_is_collected(loo
         del new, holder
         _collect()
     assert [ref() for ref in refs] == [None, None]
+
+
+# --- the contexts of queued handles (ferroloop parks a context nothing else holds) -------------
+
+VAR = contextvars.ContextVar("test_gc_handles")
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later"])
+def test_queued_handles_cancelled_and_dropped_with_their_contexts(loop, method):
+    """A parked context freed by cancel() (or with its handle) must be tracked again first."""
+    schedule = getattr(loop, method)
+    handles = [schedule(*((0,) if method == "call_later" else ()), int) for _ in range(100)]
+    taken = [h._context for h in handles[::3]]  # some contexts held outside too
+    _collect()
+    for h in handles[::2]:
+        h.cancel()
+    del handles
+    _collect()
+    del taken
+    _collect()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    _collect()
+
+
+def test_a_context_with_a_variable_set_keeps_a_dropped_loop_collectable(loop_factory):
+    """A queued context whose variable refers to the loop: the loop, dropped unclosed, is still
+    found by the GC (its __del__ warns that it was not closed)."""
+    loop = loop_factory()
+    token = VAR.set(loop)
+    try:
+        _crowd(loop, 40)
+        loop.call_later(3600, int)
+    finally:
+        VAR.reset(token)
+    gone = weakref.ref(loop)
+    del loop
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        _collect()
+    assert gone() is None
+
+
+def test_a_variable_set_in_a_parked_context_while_it_runs_stays_collectable(loop):
+    """A callback sets a variable in its own (empty, so parked) context to an object in a cycle
+    with the handle: once the loop lets go, the cycle is garbage and is collected."""
+    _crowd(loop)
+    holder = Holder()
+    holder.handle = loop.call_soon(VAR.set, holder)
+    gone = weakref.ref(holder)
+    del holder
+    loop.run_until_complete(asyncio.sleep(0))
+    _collect()
+    assert gone() is None

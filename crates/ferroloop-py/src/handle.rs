@@ -34,6 +34,66 @@ pub struct Callback {
     pub func: Py<PyAny>,
     pub args: Py<PyTuple>,
     pub context: Py<PyAny>,
+    /// The context is parked with the handle (see [`Handle::park`]): untracked by the GC until
+    /// the handle is unparked or this is dropped.
+    context_parked: bool,
+}
+
+impl Callback {
+    pub fn new(func: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>) -> Callback {
+        Callback {
+            func,
+            args,
+            context,
+            context_parked: false,
+        }
+    }
+
+    /// Parks the context if the handle is all that holds it and it holds nothing the GC could
+    /// miss: a `contextvars.Context` with no variable set (its only reference is to an empty
+    /// mapping), which is what `copy_context()` gives a program that sets none.
+    #[cfg(not(Py_GIL_DISABLED))]
+    fn park_context(&mut self) {
+        let ctx = self.context.as_ptr();
+        // SAFETY: the thread is attached (the caller holds a `Python` token), and `ctx` is a live
+        // object; `PyObject_Size` of an exact `Context` is its variable count and runs no Python
+        // code.
+        unsafe {
+            if !self.context_parked
+                && ffi::Py_REFCNT(ctx) == 1
+                && ffi::PyContext_CheckExact(ctx) != 0
+                && ffi::PyObject_Size(ctx) == 0
+                && ffi::PyObject_GC_IsTracked(ctx) != 0
+            {
+                ffi::PyObject_GC_UnTrack(ctx.cast());
+                self.context_parked = true;
+            }
+        }
+    }
+
+    /// Tracks the context again if it was parked.
+    fn unpark_context(&mut self) {
+        if std::mem::take(&mut self.context_parked) {
+            // SAFETY: only a parked context (untracked by `park_context`, on an attached thread)
+            // gets here, and a `Callback` is dropped or unparked with the thread attached: it
+            // lives in a `Handle`, a Python object.
+            unsafe {
+                let ctx = self.context.as_ptr();
+                if ffi::PyObject_GC_IsTracked(ctx) == 0 {
+                    ffi::PyObject_GC_Track(ctx.cast());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Callback {
+    /// A parked context is tracked again before its reference goes: the interpreter frees a
+    /// context with the unchecked untrack of its own internals, which would corrupt the GC's
+    /// lists if the context were not tracked.
+    fn drop(&mut self) {
+        self.unpark_context();
+    }
 }
 
 #[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
@@ -340,44 +400,70 @@ impl Handle {
 /// again) as it lets go of it; meanwhile the loop's own traversal reports what the handle holds
 /// ([`Handle::traverse_refs`]), as if the loop held it, so a loop that becomes garbage with
 /// handles queued is still found and finalized (asyncio's `__del__` then closes it). The GC's
-/// young collections then walk half as many objects per callback (the handle's copied context
-/// remains): with them walked, `call_soon batch` spent half its time (wall clock) in the GC.
+/// young collections then walk half as many objects per callback: with them walked, `call_soon
+/// batch` spent half its time (wall clock) in the GC.
+///
+/// The handle's context is parked with it when nothing is lost by it: a context that only the
+/// handle holds and that has no variable set refers to nothing but an empty mapping, so the GC
+/// has nothing to find through it (`Callback::park_context`). Such a context is tracked again
+/// when the handle is unparked, or just before it is freed (`Callback`'s `Drop`): the
+/// interpreter frees a context with an untrack that assumes it is tracked. A context with
+/// variables stays tracked, so whatever they refer to is walked as on asyncio's loop.
 ///
 /// A parked handle has exactly one loop reference: `_add_callback` unparks a handle it is given
 /// before queueing it again, so the loop never reports the same references twice.
 impl Handle {
-    /// Stops the GC tracking `obj`, a handle the loop has just queued.
+    /// Stops the GC tracking `handle`, which the loop has just queued, and the context it holds
+    /// alone (see [`Callback::park_context`]).
     #[inline]
-    pub fn park(obj: &Bound<'_, PyAny>) {
-        // SAFETY: `obj` is a live object of a GC type (`Handle` and its subclasses), and the
+    pub fn park(handle: &Bound<'_, Handle>) {
+        // SAFETY: `handle` is a live object of a GC type (`Handle` and its subclasses), and the
         // thread is attached; untracking an untracked object does nothing.
-        unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
+        unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) }
+        // NOTE: contexts stay tracked on free-threaded builds, where another thread could take
+        // one (`get_context()`) and let it go meanwhile.
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            // NOTE: the cell is free (a handle being queued is not running); were it not, the
+            // context would just stay tracked.
+            let _ = handle
+                .get()
+                .callback
+                .with(handle.py(), |c| c.as_mut().map(Callback::park_context));
+        }
     }
 
-    /// Tracks `obj` again if it was parked: the loop is letting go of it.
+    /// Tracks `handle` again if it was parked, and its context: the loop is letting go of it.
     #[inline]
-    pub fn unpark(obj: &Bound<'_, PyAny>) {
+    pub fn unpark(handle: &Bound<'_, Handle>) {
         // SAFETY: as in `park`; `PyObject_GC_Track` is only called on an untracked object.
         unsafe {
-            if ffi::PyObject_GC_IsTracked(obj.as_ptr()) == 0 {
-                ffi::PyObject_GC_Track(obj.as_ptr().cast());
+            if ffi::PyObject_GC_IsTracked(handle.as_ptr()) == 0 {
+                ffi::PyObject_GC_Track(handle.as_ptr().cast());
             }
         }
+        // NOTE: a cell in use belongs to a run in progress, which unparks nothing itself; the
+        // context is then tracked again when the callback is dropped.
+        let _ = handle
+            .get()
+            .callback
+            .with(handle.py(), |c| c.as_mut().map(Callback::unpark_context));
     }
 
-    /// The loop lets go of `obj`, a handle it took from its queue: tracked again, unless this is
-    /// its last reference (it is freed now, and freeing an untracked object skips the untrack).
+    /// The loop lets go of `handle`, a handle it took from its queue: tracked again, unless this
+    /// is its last reference (it is freed now, and freeing an untracked object skips the untrack;
+    /// a parked context is tracked again as the callback is dropped, by `Callback`'s `Drop`).
     /// Short-lived handles thus cost one untrack in all, not an untrack, a track and an untrack.
     #[inline]
-    pub fn release(obj: Bound<'_, PyAny>) {
+    pub fn release(handle: Bound<'_, Handle>) {
         // NOTE: not on free-threaded builds, where another thread could revive the handle
         // through a weak reference between the count and the drop.
-        // SAFETY: `obj` is a live object; reading its reference count runs nothing.
+        // SAFETY: `handle` is a live object; reading its reference count runs nothing.
         #[cfg(not(Py_GIL_DISABLED))]
-        if unsafe { ffi::Py_REFCNT(obj.as_ptr()) } == 1 {
+        if unsafe { ffi::Py_REFCNT(handle.as_ptr()) } == 1 {
             return;
         }
-        Self::unpark(&obj);
+        Self::unpark(&handle);
     }
 
     /// Whether `obj` is parked (the loop's traversal then reports what it holds).

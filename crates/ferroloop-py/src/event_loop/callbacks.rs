@@ -43,11 +43,7 @@ impl LoopCore {
             Some(c) if !c.is_none() => c.clone().unbind(),
             _ => copy_context(py)?,
         };
-        let cb = Callback {
-            func: callback.clone().unbind(),
-            args: args.clone().unbind(),
-            context,
-        };
+        let cb = Callback::new(callback.clone().unbind(), args.clone().unbind(), context);
         Handle::new(py, cb, LoopRef::new(slf), slf.get().debug())
     }
 
@@ -97,7 +93,7 @@ impl LoopCore {
             // `call_soon_threadsafe` parks too: the caller holds the GIL (on free-threaded builds
             // the cell's lock), and a burst from another thread queues as a burst of `call_soon`.
             if s.ready.len() >= PARK_BEHIND {
-                Handle::park(queued.bind(py).as_any());
+                Handle::park(queued.bind(py));
             }
             s.ready.push(Ready::Native(queued));
             if threadsafe {
@@ -129,7 +125,7 @@ impl LoopCore {
             py,
             PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when, given)),
         )?;
-        Handle::park(timer.bind(py).as_any());
+        Handle::park(timer.bind(py).as_super());
         let queued = timer.clone_ref(py);
         this.state.with(py, |s| s.timers.push(secs_to_ns(when), queued))?;
         Ok(timer)
@@ -143,7 +139,7 @@ impl LoopCore {
                 return Ok(());
             }
             // Queued a second time, it would be reported twice (see `Handle::park`).
-            Handle::unpark(h.as_any());
+            Handle::unpark(h);
             Ready::Native(h.clone().unbind())
         } else {
             if handle.getattr("_cancelled")?.is_truthy()? {

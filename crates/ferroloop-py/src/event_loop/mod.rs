@@ -542,12 +542,12 @@ impl LoopCore {
         })?;
         for item in ready {
             if let Ready::Native(h) = item {
-                Handle::release(h.into_bound(py).into_any());
+                Handle::release(h.into_bound(py));
             }
         }
         for t in timers {
             t.get().unschedule();
-            Handle::release(t.into_bound(py).into_any());
+            Handle::release(t.into_bound(py).into_super());
         }
         drop((sources, driver));
         Ok(())

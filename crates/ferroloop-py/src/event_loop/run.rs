@@ -105,7 +105,7 @@ impl LoopCore {
         })?;
         // Outside the borrow: the last reference to a timer frees it.
         for t in purged.into_iter().flatten() {
-            Handle::release(t.into_bound(py).into_any());
+            Handle::release(t.into_bound(py).into_super());
         }
         // Python-level signal handlers (KeyboardInterrupt on SIGINT) run after a wait that may
         // have blocked, as they would when asyncio's select() returns EINTR. After a wait that
@@ -274,7 +274,7 @@ impl LoopCore {
                             Handle::run(&h)
                         }
                     };
-                    Handle::release(h.into_any());
+                    Handle::release(h);
                     ran?;
                 }
                 Ready::Io(owner, op, context) => {
