@@ -1,9 +1,13 @@
 """A short program over ferroloop's main paths, to run under valgrind's memcheck (``make
-valgrind``): callbacks, timers, a task, TCP and UNIX streams, UDP, a pipe, a subprocess and TLS.
+valgrind``): callbacks, timers, a task, handles and contexts parked out of the GC's walk (some
+cancelled, some held outside, collections between), TCP and UNIX streams, UDP, a pipe, a
+subprocess and TLS.
 It exits 0 when every step gave the expected result; valgrind's ``--error-exitcode`` turns any
 invalid read or write, use of uninitialised memory or bad free into a failure."""
 
 import asyncio
+import contextvars
+import gc
 import os
 import socket
 import ssl
@@ -26,6 +30,28 @@ async def echo_through(reader, writer, payload):
     return got
 
 
+async def parked_handles(loop):
+    """Bursts of handles (parked behind 16 others, timers always), with their contexts: some
+    cancelled, some contexts held outside the handle, collections while they wait."""
+    var = contextvars.ContextVar("smoke")
+    ran = []
+    handles = [loop.call_soon(ran.append, i) for i in range(64)]
+    handles += [loop.call_later(0, ran.append, 100 + i) for i in range(64)]
+    token = var.set("set")
+    handles += [loop.call_soon(ran.append, 200 + i) for i in range(32)]
+    var.reset(token)
+    held = [h._context for h in handles[::5]]
+    for h in handles[::3]:
+        h.cancel()
+    gc.collect()
+    cancelled = {i for i, h in enumerate(handles) if h.cancelled()}
+    del handles
+    await asyncio.sleep(0.01)
+    del held
+    gc.collect()
+    assert len(ran) == 160 - len(cancelled), (len(ran), len(cancelled))
+
+
 async def main():
     loop = asyncio.get_running_loop()
     order = []
@@ -35,6 +61,7 @@ async def main():
     await asyncio.sleep(0.01)
     assert order == [1, 2, 3], order
     assert await asyncio.gather(*(asyncio.sleep(0, i) for i in range(10))) == list(range(10))
+    await parked_handles(loop)
 
     payload = os.urandom(200_000)
     server = await loop.create_server(Echo, "127.0.0.1", 0)
