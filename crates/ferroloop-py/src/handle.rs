@@ -14,6 +14,7 @@
 //! asyncio.Handle)` holds as it does on asyncio's loop; `type(handle)` stays the Rust class.
 
 use std::ffi::{c_int, c_void};
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
@@ -30,10 +31,15 @@ use crate::glue;
 use crate::owner::LoopRef;
 
 /// What a handle calls: cleared when the handle is cancelled.
+///
+/// The references are released by `Callback`'s `Drop` with a plain decref: a callback is only
+/// ever dropped with the thread attached (it lives in a `Handle`, a Python object, and is dropped
+/// by its deallocation, by `cancel()` or by a failed construction), so the check that dropping a
+/// `Py` makes first (a thread-local read: is the thread attached?) is left out, once per handle.
 pub struct Callback {
-    pub func: Py<PyAny>,
-    pub args: Py<PyTuple>,
-    pub context: Py<PyAny>,
+    func: ManuallyDrop<Py<PyAny>>,
+    args: ManuallyDrop<Py<PyTuple>>,
+    context: ManuallyDrop<Py<PyAny>>,
     /// The context is parked with the handle (see [`Handle::park`]): untracked by the GC until
     /// the handle is unparked or this is dropped.
     context_parked: bool,
@@ -42,9 +48,9 @@ pub struct Callback {
 impl Callback {
     pub fn new(func: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>) -> Callback {
         Callback {
-            func,
-            args,
-            context,
+            func: ManuallyDrop::new(func),
+            args: ManuallyDrop::new(args),
+            context: ManuallyDrop::new(context),
             context_parked: false,
         }
     }
@@ -93,6 +99,14 @@ impl Drop for Callback {
     /// lists if the context were not tracked.
     fn drop(&mut self) {
         self.unpark_context();
+        // SAFETY: the thread is attached (see the type's docs), and each reference is released
+        // once, here; the fields are not touched again.
+        unsafe {
+            let py = Python::assume_attached();
+            ManuallyDrop::take(&mut self.func).drop_ref(py);
+            ManuallyDrop::take(&mut self.args).drop_ref(py);
+            ManuallyDrop::take(&mut self.context).drop_ref(py);
+        }
     }
 }
 
@@ -479,9 +493,9 @@ impl Handle {
         visit.call(&self.source_traceback)?;
         if let Some(cb) = self.callback.for_traverse() {
             if let Some(cb) = cb.as_ref() {
-                visit.call(&cb.func)?;
-                visit.call(&cb.args)?;
-                visit.call(&cb.context)?;
+                visit.call(&*cb.func)?;
+                visit.call(&*cb.args)?;
+                visit.call(&*cb.context)?;
             }
         }
         Ok(())
