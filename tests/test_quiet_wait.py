@@ -66,39 +66,33 @@ def test_a_signal_handler_added_while_the_chain_runs_is_watched_at_once(loop):
     assert record.index("signal") == EVENT_AT + 3
 
 
-@pytest.mark.parametrize("handlers_before", [False, True], ids=["never", "added_and_removed"])
-def test_a_reader_runs_where_asyncio_runs_it_in_a_busy_chain(loop, handlers_before):
+@pytest.mark.parametrize("added", ["before_the_chain", "in_the_chain"])
+@pytest.mark.parametrize("handlers_before", [False, True], ids=["no_handler", "handler_removed"])
+def test_a_reader_runs_where_asyncio_runs_it_in_a_busy_chain(loop, handlers_before, added):
     if handlers_before:
         loop.add_signal_handler(signal.SIGUSR1, lambda: None)
         loop.remove_signal_handler(signal.SIGUSR1)
     a, b = socket.socketpair()
     record = []
-    try:
+
+    def add_reader():
         loop.add_reader(b, lambda: (b.recv(1), record.append("read")))
-        run_chain(loop, record, lambda: a.send(b"x"))
+
+    def event():
+        if added == "in_the_chain":
+            add_reader()
+        a.send(b"x")
+
+    try:
+        if added == "before_the_chain":
+            add_reader()
+        run_chain(loop, record, event)
         loop.remove_reader(b)
     finally:
         a.close()
         b.close()
     # Data sent in a step is seen by the next iteration's look; its reader runs after the
     # callback the step queued.
-    assert record.index("read") == EVENT_AT + 2
-
-
-def test_a_reader_added_in_the_chain_is_watched_from_the_next_iteration(loop):
-    a, b = socket.socketpair()
-    record = []
-
-    def add_and_send():
-        loop.add_reader(b, lambda: (b.recv(1), record.append("read")))
-        a.send(b"x")
-
-    try:
-        run_chain(loop, record, add_and_send)
-        loop.remove_reader(b)
-    finally:
-        a.close()
-        b.close()
     assert record.index("read") == EVENT_AT + 2
 
 
