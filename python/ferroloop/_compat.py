@@ -319,7 +319,6 @@ HOOKS = (
     "_add_callback_signalsafe",
     "_add_reader",
     "_add_writer",
-    "_close_self_pipe",
     "_make_datagram_transport",
     "_make_read_pipe_transport",
     "_make_socket_transport",
@@ -337,7 +336,7 @@ HOOKS = (
 )
 
 #: Attributes that asyncio's Unix loop sets on itself and ``ferroloop.Loop`` reads: the self-pipe's
-#: reading end and the installed signal handlers (whether the self-pipe can be written).
+#: reading end and the installed signal handlers (whether the self-pipe is watched).
 LOOP_ATTRIBUTES_READ = ("_ssock", "_signal_handlers")
 
 #: Attributes of asyncio's loop state that ferroloop keeps in Rust and asyncio's code reads or
@@ -366,6 +365,8 @@ CALLED = (
     # _loop.py: reports a child's exit as the running version does (how many iterations late).
     (unix_events._UnixSelectorEventLoop, "_child_watcher_callback"),
     (unix_events._UnixSubprocessTransport, "_process_exited"),
+    # _loop.py: the self-pipe's reader, registered only while a signal handler is installed.
+    (selector_events.BaseSelectorEventLoop, "_read_from_self"),
     # _loop.py: the transport factories refuse an fd in use where asyncio's do (3.12+).
     (selector_events.BaseSelectorEventLoop, "_ensure_fd_no_transport"),
 )

@@ -106,35 +106,40 @@ class Loop(_ferroloop.LoopCore, SocketOpsMixin, _compat.SelectorEventLoop):
         self._listeners = {}
         self._children = _children.ChildWatcher(self)
         super().__init__(selector=_selector_view(self))
-        self._say_if_self_pipe_quiet()
+        self._watch_self_pipe(False)
 
     # --- the self-pipe: watched only while a signal handler can write to it -------------------
 
-    def _say_if_self_pipe_quiet(self):
-        """Tells the core whether asyncio's self-pipe is quiet: nothing writes to it while no
-        signal handler is installed (``_write_to_self`` wakes the core's eventfd instead), so an
-        iteration that must not block may leave out its look for I/O (``State::quiet``)."""
-        ssock = getattr(self, "_ssock", None)
-        quiet = ssock is not None and not self._signal_handlers
-        self._set_quiet_pipe(ssock.fileno() if quiet else -1)
+    def _watch_self_pipe(self, watch):
+        """Watches asyncio's self-pipe or stops: it is watched only while a signal handler is
+        installed, since nothing else writes to it (``_write_to_self`` wakes the core's eventfd
+        instead). A loop that watches no fd then leaves out the look for I/O of an iteration
+        that must not block (``State::quiet``). What a signal wrote before the last handler went
+        is read as the watch stops, as asyncio's loop would read it (finding no handler)."""
+        ssock = self._ssock
+        if ssock is None:
+            return
+        fd = ssock.fileno()
+        watched = self._io_key(fd) is not None
+        if watch and not watched:
+            self._add_reader(fd, self._read_from_self)
+        elif not watch and watched:
+            self._read_from_self()
+            self._remove_reader(fd)
 
     def add_signal_handler(self, sig, callback, *args):
-        # Loud from before the wakeup fd is set, so that no signal byte goes unseen.
-        self._set_quiet_pipe(-1)
+        # Watched from before the wakeup fd is set, so that no signal byte goes unseen.
+        self._watch_self_pipe(True)
         try:
             super().add_signal_handler(sig, callback, *args)
         finally:
-            self._say_if_self_pipe_quiet()
+            self._watch_self_pipe(bool(self._signal_handlers))
 
     def remove_signal_handler(self, sig):
         try:
             return super().remove_signal_handler(sig)
         finally:
-            self._say_if_self_pipe_quiet()
-
-    def _close_self_pipe(self):
-        self._set_quiet_pipe(-1)
-        super()._close_self_pipe()
+            self._watch_self_pipe(bool(self._signal_handlers))
 
     def _make_socket_transport(
         self, sock, protocol, waiter=None, *, extra=None, server=None, context=None

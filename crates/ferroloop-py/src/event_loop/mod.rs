@@ -88,32 +88,23 @@ struct State {
     starved: VecDeque<Owner>,
     /// Provided buffers given back since starved receives were last restarted.
     recycled: usize,
-    /// asyncio's self-pipe `(fd, token)` while nothing can write to it: see `State::quiet`.
-    quiet_pipe: Option<(RawFd, usize)>,
 }
 
 impl State {
     /// True if a wait that does not block could report nothing, so the iteration may leave it
-    /// out: a readiness backend watching no fd but asyncio's self-pipe while that is quiet.
+    /// out: a readiness backend watching no fd at all.
     ///
-    /// The self-pipe is written only by the C-level signal handler, through the wakeup fd that
-    /// asyncio's `add_signal_handler` sets (ferroloop's `_write_to_self` wakes the loop through
-    /// the driver's eventfd instead); so with no signal handler installed it never becomes
-    /// readable, and `Loop` says so (`_set_quiet_pipe`). The waker needs no look either: what it
-    /// announces (`call_soon_threadsafe`, a signal-safe callback) is queued before the wake, and
-    /// a wake left pending only makes the next blocking wait return at once. So the callbacks
-    /// run in the order a look would have given them, without a system call per iteration: a
-    /// loop running callbacks and timers without I/O (the micro benchmarks, a computation in
-    /// tasks) skips the `epoll_wait` that a loop with sockets makes on every iteration.
+    /// asyncio's self-pipe counts only while a signal handler is installed: `Loop` watches it
+    /// then alone (`Loop._watch_self_pipe`), since only the C-level signal handler writes to it
+    /// (ferroloop's `_write_to_self` wakes the loop through the driver's eventfd). The waker needs
+    /// no look either: what it announces (`call_soon_threadsafe`, a signal-safe callback) is
+    /// queued before the wake, and a wake left pending only makes the next blocking wait return
+    /// at once. So the callbacks run in the order a look would have given them, without a system
+    /// call per iteration: a loop running callbacks and timers without I/O (the micro benchmarks,
+    /// a computation in tasks) skips the `epoll_wait` that a loop with sockets makes on every
+    /// iteration.
     fn quiet(&self, driver: &Driver) -> bool {
-        driver.reports_only_fds()
-            && match self.sources.len() {
-                0 => true,
-                1 => self
-                    .quiet_pipe
-                    .is_some_and(|(fd, token)| self.sources.get(token).is_some_and(|src| src.fd == fd)),
-                _ => false,
-            }
+        driver.reports_only_fds() && self.sources.is_empty()
     }
 }
 
@@ -171,7 +162,6 @@ impl LoopCore {
                 completion_streams: false,
                 starved: VecDeque::new(),
                 recycled: 0,
-                quiet_pipe: None,
             }),
             read_buf: ReadBuf::default(),
             closed: AtomicBool::new(false),
@@ -192,16 +182,6 @@ impl LoopCore {
         })?;
         drop(old);
         Ok(())
-    }
-
-    /// Says whether asyncio's self-pipe, registered as `fd`, is quiet (no signal handler can
-    /// write to it: see `State::quiet`); -1 when it may be written or is gone.
-    fn _set_quiet_pipe(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
-        self.state.with(py, |s| {
-            s.quiet_pipe = (fd >= 0)
-                .then(|| s.sources.token_of(fd).map(|token| (fd, token)))
-                .flatten();
-        })
     }
 
     /// The name of the I/O backend this loop runs on.
