@@ -52,7 +52,7 @@ class SocketOpsMixin:
             return data
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        return await self._sock_wait_recv(fd, n)
+        return await self._sock_wait_recv(sock, fd, n)
 
     async def sock_recv_into(self, sock, buf):
         check_ssl_socket(sock)
@@ -65,7 +65,7 @@ class SocketOpsMixin:
                 if nbytes is not None:
                     return nbytes
                 self._ensure_fd_no_transport(fd)
-                return await self._sock_wait_recv_into(fd, buf)
+                return await self._sock_wait_recv_into(sock, fd, buf)
         return await _base.sock_recv_into(self, sock, buf)
 
     async def sock_sendall(self, sock, data):

@@ -114,6 +114,23 @@ impl<S> Sources<S> {
         Ok(())
     }
 
+    /// Makes the driver watch the source for `interest` even if the cache says it already does:
+    /// for a registration that may have gone with its fd (closed, and the number reused since; a
+    /// kept edge-triggered registration is not deleted when its socket is closed). epoll modifies
+    /// the fd's registration or, having forgotten it, adds it again; `poll` and `select` replace
+    /// it in user space.
+    pub fn reregister(&mut self, driver: &Driver, token: usize, interest: Interest) -> io::Result<()> {
+        let Some(src) = self.slab.get_mut(token) else {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        };
+        if src.interest.is_none() || interest.is_none() {
+            return self.set_interest(driver, token, interest);
+        }
+        driver.modify(src.fd, token, interest)?;
+        src.interest = interest;
+        Ok(())
+    }
+
     /// Stops watching the source and forgets it, returning its data.
     pub fn remove(&mut self, driver: &Driver, token: usize) -> Option<S> {
         let src = self.slab.try_remove(token)?;

@@ -32,6 +32,7 @@ fn readable(token: usize) -> Event {
         token,
         readable: true,
         writable: false,
+        edge: false,
     }
 }
 
@@ -40,6 +41,7 @@ fn writable(token: usize) -> Event {
         token,
         readable: false,
         writable: true,
+        edge: false,
     }
 }
 
@@ -100,7 +102,8 @@ fn readable_is_level_triggered() {
                 vec![Event {
                     token: 7,
                     readable: true,
-                    writable: false
+                    writable: false,
+                    edge: false,
                 }],
                 "{b:?}"
             );
@@ -122,7 +125,8 @@ fn writable_and_modify() {
             vec![Event {
                 token: 1,
                 readable: false,
-                writable: true
+                writable: true,
+                edge: false,
             }]
         );
         d.modify(a.as_raw_fd(), 1, Interest::READABLE).unwrap();
@@ -222,6 +226,7 @@ fn regular_files_are_refused_by_epoll_and_always_ready_otherwise() {
             token: 4,
             readable: true,
             writable: true,
+            edge: false,
         };
         assert_eq!(poll(&d, Duration::ZERO), vec![all], "{b:?}");
         assert_eq!(poll(&d, Duration::ZERO), vec![all], "{b:?}: level-triggered");
@@ -308,6 +313,7 @@ fn fd_closed_while_registered() {
                 token: 5,
                 readable: true,
                 writable: true,
+                edge: false,
             };
             assert_eq!(ev, vec![all], "{b:?}");
         }
@@ -556,5 +562,96 @@ fn wakes_racing_a_drain_are_never_lost() {
             h.join().unwrap();
         }
         assert_eq!(stuck, None, "{b:?}: the waker stopped waking");
+    }
+}
+
+#[test]
+fn edge_registrations_report_each_change_once_on_epoll_and_are_refused_elsewhere() {
+    for backend in backends() {
+        let d = Driver::new(backend).unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        if !d.reports_edges() {
+            let err = d.add(a.as_raw_fd(), 3, Interest::READABLE_EDGE).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::Unsupported, "{backend:?}");
+            d.add(a.as_raw_fd(), 3, Interest::READABLE).unwrap();
+            let err = d.modify(a.as_raw_fd(), 3, Interest::READABLE_EDGE).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::Unsupported, "{backend:?}");
+            continue;
+        }
+        let edge = Event {
+            edge: true,
+            ..readable(3)
+        };
+        d.add(a.as_raw_fd(), 3, Interest::READABLE_EDGE).unwrap();
+        assert_eq!(poll(&d, Duration::ZERO), vec![], "{backend:?}: nothing arrived yet");
+        b.write_all(b"x").unwrap();
+        assert_eq!(poll(&d, Duration::from_secs(5)), vec![edge], "{backend:?}");
+        // Still readable (nothing was read), but nothing new arrived: no report.
+        assert_eq!(poll(&d, Duration::ZERO), vec![], "{backend:?}");
+        b.write_all(b"y").unwrap();
+        assert_eq!(poll(&d, Duration::from_secs(5)), vec![edge], "{backend:?}: new data");
+        // Level-triggered again: reported while readable, without the edge mark.
+        d.modify(a.as_raw_fd(), 3, Interest::READABLE).unwrap();
+        assert_eq!(poll(&d, Duration::ZERO), vec![readable(3)], "{backend:?}");
+        assert_eq!(poll(&d, Duration::ZERO), vec![readable(3)], "{backend:?}");
+    }
+}
+
+#[test]
+fn an_edge_registration_outlives_its_fd_while_a_dup_keeps_the_file() {
+    // Why `Event::edge` exists: epoll keys a registration on the fd *and* its file, and drops it
+    // only when the file is closed. A socket closed while registered, its file kept open by a
+    // `dup`, goes on reporting under its old token (once per change: no report storm).
+    let d = Driver::new(Backend::Epoll).unwrap();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let registered = dup_at_least(&a, 100);
+    d.add(registered.as_raw_fd(), 9, Interest::READABLE_EDGE).unwrap();
+    drop(registered);
+    b.write_all(b"x").unwrap();
+    let stale = Event {
+        edge: true,
+        ..readable(9)
+    };
+    assert_eq!(poll(&d, Duration::from_secs(5)), vec![stale]);
+    assert_eq!(poll(&d, Duration::ZERO), vec![]);
+    drop(a);
+}
+
+#[test]
+fn reregister_watches_a_new_file_on_a_reused_number() {
+    // A kept registration whose fd was closed (epoll forgot it) and whose number now names
+    // another socket: the cache says "watched", so only `reregister` makes the driver watch it.
+    for backend in backends() {
+        if backend == Backend::IoUring {
+            continue; // an armed poll keeps the old file open: not this case
+        }
+        let d = Driver::new(backend).unwrap();
+        let mut sources = Sources::new();
+        let (a, _a_peer) = UnixStream::pair().unwrap();
+        let mut first = dup_at_least(&a, 150);
+        let fd = first.as_raw_fd();
+        let interest = if d.reports_edges() {
+            Interest::READABLE_EDGE
+        } else {
+            Interest::READABLE
+        };
+        let token = sources.insert(fd, ());
+        sources.set_interest(&d, token, interest).unwrap();
+        let (b, mut b_peer) = UnixStream::pair().unwrap();
+        // The number now names `b`'s file; `a`'s had no other fd in this epoll's view.
+        drop(a);
+        rustix::io::dup2(&b, &mut first).unwrap();
+        sources.set_interest(&d, token, interest).unwrap();
+        b_peer.write_all(b"x").unwrap();
+        let reported = poll(&d, Duration::from_millis(50));
+        if d.reports_edges() {
+            assert_eq!(reported, vec![], "{backend:?}: the cache alone watches nothing");
+        }
+        sources.reregister(&d, token, interest).unwrap();
+        let got = poll(&d, Duration::from_secs(5));
+        assert_eq!(got.len(), 1, "{backend:?}: {got:?}");
+        assert_eq!(got[0].token, token, "{backend:?}");
+        assert!(got[0].readable, "{backend:?}");
+        drop(b);
     }
 }

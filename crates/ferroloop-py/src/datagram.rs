@@ -111,6 +111,7 @@ impl base::State for State {
         Interest {
             readable: f.started && f.is_reading() && f.conn_lost == 0,
             writable: !self.queue.is_empty(),
+            edge: false,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The Linux `epoll` driver, level-triggered.
+//! The Linux `epoll` driver: level-triggered, and edge-triggered where asked ([`Interest::edge`]).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -14,6 +14,9 @@ use crate::waker::Waker;
 
 /// The token the waker's eventfd is registered under; never handed out by a slab.
 const WAKER_TOKEN: u64 = u64::MAX;
+/// Set in the event data of an edge-triggered registration, beside the token: its reports say
+/// so ([`Event::edge`]). Below `WAKER_TOKEN`'s bits, far above any slab index.
+const EDGE_TAG: u64 = 1 << 62;
 /// How many events one `epoll_wait` may return; more stay pending for the next wait.
 const MAX_EVENTS: usize = 256;
 /// The longest wait `epoll_wait` takes (`i32::MAX` milliseconds); longer waits are cut to it.
@@ -34,7 +37,15 @@ fn flags(interest: Interest) -> EventFlags {
     if interest.writable {
         f |= EventFlags::OUT;
     }
+    if interest.edge {
+        f |= EventFlags::ET;
+    }
     f
+}
+
+fn data(token: usize, interest: Interest) -> EventData {
+    let tag = if interest.edge { EDGE_TAG } else { 0 };
+    EventData::new_u64(token as u64 | tag)
 }
 
 impl Epoll {
@@ -48,19 +59,14 @@ impl Epoll {
 
     /// [`Driver::add`](super::Driver::add) on this backend.
     pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        epoll::add(
-            &self.epfd,
-            borrow(fd)?,
-            EventData::new_u64(token as u64),
-            flags(interest),
-        )?;
+        epoll::add(&self.epfd, borrow(fd)?, data(token, interest), flags(interest))?;
         Ok(())
     }
 
     /// [`Driver::modify`](super::Driver::modify) on this backend; an fd epoll forgot (closed and
     /// its number reused) is added again.
     pub fn modify(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        let data = EventData::new_u64(token as u64);
+        let data = data(token, interest);
         match epoll::modify(&self.epfd, borrow(fd)?, data, flags(interest)) {
             // NOTE: the fd was closed and its number reused since it was added: epoll dropped the
             // old registration with the close, so add the new file under the same token.
@@ -91,14 +97,15 @@ impl Epoll {
         };
         out.reserve(ready.len());
         for ev in &*ready {
-            let token = ev.data.u64();
-            if token == WAKER_TOKEN {
+            let data = ev.data.u64();
+            if data == WAKER_TOKEN {
                 self.waker.drain();
                 continue;
             }
             let f = ev.flags;
             out.push(Event {
-                token: token as usize,
+                token: (data & !EDGE_TAG) as usize,
+                edge: data & EDGE_TAG != 0,
                 // As selectors.EpollSelector: any condition but OUT wakes a reader, any but IN a writer.
                 readable: !(f - EventFlags::OUT).is_empty(),
                 writable: !(f - EventFlags::IN).is_empty(),

@@ -1,7 +1,10 @@
 //! Readiness notification from the OS: one file per OS API, the backend chosen at run time.
 //!
 //! Every driver is level-triggered, because asyncio's `add_reader` is: a callback keeps firing while
-//! its fd stays readable. A driver reports readiness per *token* (the caller's slab index), never
+//! its fd stays readable. The epoll driver also takes edge-triggered registrations
+//! ([`Interest::edge`], see [`Driver::reports_edges`]): the binding keeps a socket registered that
+//! way between `sock_recv` waits, where a level-triggered registration would have to go and come
+//! back with each wait. A driver reports readiness per *token* (the caller's slab index), never
 //! per fd, so an event finds its handler without hashing.
 //!
 //! The error and hang-up conditions are reported the way Python's `selectors` module reports them:
@@ -107,6 +110,9 @@ pub struct Interest {
     pub readable: bool,
     /// Report the fd when it is writable (or has an error or hang-up).
     pub writable: bool,
+    /// Report the fd when it *becomes* ready (new data, a hang-up), not while it stays ready
+    /// (epoll's `EPOLLET`). Only where [`Driver::reports_edges`] says so; the others refuse it.
+    pub edge: bool,
 }
 
 impl Interest {
@@ -115,21 +121,32 @@ impl Interest {
     pub const NONE: Interest = Interest {
         readable: false,
         writable: false,
+        edge: false,
     };
     /// Readability only (`add_reader`).
     pub const READABLE: Interest = Interest {
         readable: true,
         writable: false,
+        edge: false,
     };
     /// Writability only (`add_writer`).
     pub const WRITABLE: Interest = Interest {
         readable: false,
         writable: true,
+        edge: false,
     };
     /// Readability and writability.
     pub const BOTH: Interest = Interest {
         readable: true,
         writable: true,
+        edge: false,
+    };
+
+    /// Readability, reported as it changes ([`Interest::edge`]).
+    pub const READABLE_EDGE: Interest = Interest {
+        readable: true,
+        writable: false,
+        edge: true,
     };
 
     /// True if neither readability nor writability is asked for.
@@ -148,6 +165,11 @@ pub struct Event {
     pub readable: bool,
     /// The fd is writable, or has an error or hang-up (a write will say which).
     pub writable: bool,
+    /// The registration that reported it is edge-triggered. An fd closed while registered that
+    /// way, its file kept open by a `dup` or a child, stays registered under its old token, which
+    /// a later registration may reuse: the caller drops an `edge` report for a source it did not
+    /// register edge-triggered.
+    pub edge: bool,
 }
 
 /// The end (or one step, `more`) of an operation of the completion model (`io_uring`).
@@ -233,8 +255,30 @@ impl Driver {
         }
     }
 
+    /// True if [`Interest::edge`] registrations are taken: epoll. (`poll` and `select` have no
+    /// edge-triggered mode; `io_uring`'s one-shot polls are re-armed by the driver.)
+    #[must_use]
+    pub fn reports_edges(&self) -> bool {
+        matches!(self, Driver::Epoll(_))
+    }
+
+    /// Refuses an edge-triggered `interest` where it is not taken.
+    fn check_edge(&self, interest: Interest) -> io::Result<()> {
+        if interest.edge && !self.reports_edges() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the {} backend has no edge-triggered registrations",
+                    self.backend().name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts watching `fd` for `interest`, reporting it as `token`.
     pub fn add(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        self.check_edge(interest)?;
         match self {
             Driver::Epoll(d) => d.add(fd, token, interest),
             Driver::Poll(d) => d.add(fd, token, interest),
@@ -246,6 +290,7 @@ impl Driver {
 
     /// Changes what an added `fd` is watched for.
     pub fn modify(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        self.check_edge(interest)?;
         match self {
             Driver::Epoll(d) => d.modify(fd, token, interest),
             Driver::Poll(d) => d.modify(fd, token, interest),

@@ -185,6 +185,7 @@ impl Poll {
             };
             out.push(Event {
                 token: table.tokens[slot],
+                edge: false,
                 // As selectors.PollSelector: any condition but OUT wakes a reader, any but IN a
                 // writer, so ERR, HUP and NVAL (fd closed behind our back) wake both.
                 readable: !(f - PollFlags::OUT).is_empty(),

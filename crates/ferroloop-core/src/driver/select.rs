@@ -221,6 +221,7 @@ impl Select {
             };
             out.push(Event {
                 token,
+                edge: false,
                 readable,
                 writable,
             });
@@ -242,6 +243,7 @@ fn report_closed(table: &Table, out: &mut Vec<Event>) {
         if matches!(check_open(fd), Err(e) if e.raw_os_error() == Some(Errno::BADF.raw_os_error())) {
             out.push(Event {
                 token,
+                edge: false,
                 readable: true,
                 writable: true,
             });

@@ -275,8 +275,8 @@ impl LoopCore {
         sockops::try_recv(slf, fd, n)
     }
 
-    fn _sock_wait_recv(slf: &Bound<'_, Self>, fd: RawFd, n: usize) -> PyResult<Py<PyAny>> {
-        sockops::wait_recv(slf, fd, n)
+    fn _sock_wait_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, fd: RawFd, n: usize) -> PyResult<Py<PyAny>> {
+        sockops::wait_recv(slf, sock, fd, n)
     }
 
     /// `(supported, result)`: `result` is the count, or `None` when not ready.
@@ -288,8 +288,13 @@ impl LoopCore {
         sockops::try_recv_into(slf, fd, buf)
     }
 
-    fn _sock_wait_recv_into(slf: &Bound<'_, Self>, fd: RawFd, buf: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
-        sockops::wait_recv_into(slf, fd, buf)
+    fn _sock_wait_recv_into(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        fd: RawFd,
+        buf: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        sockops::wait_recv_into(slf, sock, fd, buf)
     }
 
     /// `(sent, total)` bytes of `data` now, or `None` for data the fast path cannot take.
@@ -563,6 +568,7 @@ impl LoopCore {
             visit.call(&src.data.reader)?;
             visit.call(&src.data.writer)?;
             visit.call(&src.data.fileobj)?;
+            visit.call(&src.data.kept_for)?;
             if let Some(owner) = &src.data.owner {
                 owner.traverse(&visit)?;
             }

@@ -5,10 +5,10 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
-use ferroloop_core::driver::Interest;
+use ferroloop_core::driver::{Driver, Interest};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::types::{PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 
 use super::{closed_error, LoopCore, Ready};
 use crate::glue::copy_context;
@@ -31,18 +31,59 @@ pub(super) struct IoEntry {
     /// The file object (not a plain int) whose `add_reader`/`add_writer` created the entry:
     /// selectors' key keeps it, and finds the fd by it once its `fileno()` is -1 (closed).
     pub(super) fileobj: Option<Py<PyAny>>,
+    /// The socket whose `sock_recv`/`sock_recv_into` waits keep the fd registered,
+    /// edge-triggered, from one wait to the next ([`LoopCore::add_kept_reader`]): asyncio adds a
+    /// reader for each wait and removes it after, two `epoll_ctl` per wait. The reader, if any,
+    /// is such a wait's; with none the entry is *dormant*: watched by the kernel, reported by
+    /// nothing (`_io_key`, `_io_fds`), its reports dropped. Any other registration on the fd (a
+    /// reader, a writer, a transport) or a removal ends the keeping. Weak: the entry must not
+    /// keep the socket open, and a socket freed and its fd number reused must not pass for the
+    /// one registered.
+    pub(super) kept_for: Option<Py<PyWeakrefReference>>,
+}
+
+/// What [`LoopCore::add_kept_reader`] found for an fd.
+enum Kept {
+    /// The fd has another reader, a writer or a transport, or the backend has no edge-triggered
+    /// registrations: the caller registers a plain reader.
+    No,
+    /// Kept for this socket already: the wait's reader is set, no system call needed.
+    Set,
+    /// Unwatched, or kept for another socket (closed since, its number reused).
+    Register,
 }
 
 impl IoEntry {
     pub(super) fn interest(&self) -> Interest {
+        if self.kept_for.is_some() {
+            // Nothing but a kept socket's wait (or none) is registered: see `kept_for`.
+            return Interest::READABLE_EDGE;
+        }
         Interest {
             readable: self.reader.is_some() || self.owner_interest.readable,
             writable: self.writer.is_some() || self.owner_interest.writable,
+            edge: false,
         }
     }
 
+    /// No reader, writer or owner: nothing to report (the entry is gone, or dormant).
     pub(super) fn is_empty(&self) -> bool {
         self.reader.is_none() && self.writer.is_none() && self.owner.is_none()
+    }
+
+    /// Nothing registered and nothing kept: the entry can go.
+    pub(super) fn is_unused(&self) -> bool {
+        self.is_empty() && self.kept_for.is_none()
+    }
+
+    /// Ends the keeping of a `sock_*` socket's registration, before another registration on the
+    /// fd; a dormant entry is then as new (`fileobj` is `add_reader`'s, if it is the one).
+    fn end_keeping(&mut self, fileobj: Option<&Bound<'_, PyAny>>) {
+        if self.kept_for.take().is_some() && self.is_empty() {
+            self.fileobj = fileobj
+                .filter(|f| !f.is_instance_of::<PyInt>())
+                .map(|f| f.clone().unbind());
+        }
     }
 }
 
@@ -90,6 +131,7 @@ impl LoopCore {
         let old = self.state.with(py, |s| {
             let token = s.sources.insert(fd, IoEntry::default());
             let entry = &mut s.sources.get_mut(token).expect("just inserted").data;
+            entry.end_keeping(None);
             entry.owner_interest = Interest::NONE;
             entry.owner.replace(owner)
         })?;
@@ -121,7 +163,7 @@ impl LoopCore {
             let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
             let old = entry.owner.take();
             entry.owner_interest = Interest::NONE;
-            if entry.is_empty() {
+            if entry.is_unused() {
                 s.sources.remove(&driver, token);
             } else {
                 let want = entry.interest();
@@ -173,13 +215,13 @@ impl LoopCore {
                     ),
                 };
                 let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
+                entry.end_keeping(fileobj);
                 let slot = if write { &mut entry.writer } else { &mut entry.reader };
                 let old = std::mem::replace(slot, handle);
                 let interest = entry.interest();
                 // NOTE: not "no interest": a paused transport still owns its fd (asyncio's
                 // sendfile adds and removes a writer on the fd of a paused transport).
-                let empty = entry.is_empty();
-                if empty {
+                if entry.is_unused() {
                     // Forgets it even when the fd is closed already (selectors' epoll `unregister`
                     // ignores the OSError).
                     let gone = s.sources.remove(&driver, token);
@@ -201,8 +243,9 @@ impl LoopCore {
                         } else {
                             None
                         };
-                        // Returned, not dropped here: the caller drops them after the borrow.
-                        Err((os_error(&e), new, gone))
+                        // Returned, not dropped here: the caller drops them after the borrow
+                        // (the entry boxed, to keep the error small).
+                        Err((os_error(&e), new, gone.map(Box::new)))
                     }
                 }
             })?
@@ -308,11 +351,103 @@ impl LoopCore {
         }
     }
 
+    /// Makes `handle` the reader of `sock`'s `fd` for one `sock_recv` wait, keeping the fd
+    /// registered edge-triggered for the next wait (see [`IoEntry::kept_for`]). False, with
+    /// nothing changed, where that cannot be ([`Kept::No`]): the caller then adds a plain reader.
+    ///
+    /// Edge-triggered is enough: the caller's last `recv` said `EAGAIN`, so the data that ends
+    /// the wait arrives after it and is reported as a change. What changed while the entry was
+    /// dormant was dropped, and is read by the next wait's first `recv`.
+    pub(super) fn add_kept_reader(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        sock: &Bound<'_, PyAny>,
+        handle: &Py<Handle>,
+    ) -> PyResult<bool> {
+        let found = self.state.with(py, |s| {
+            if !s.driver.as_deref().is_some_and(Driver::reports_edges) {
+                return Kept::No;
+            }
+            let Some(token) = s.sources.token_of(fd) else {
+                return Kept::Register;
+            };
+            let entry = &mut s.sources.get_mut(token).expect("token from the fd map").data;
+            if !entry.is_empty() {
+                return Kept::No;
+            }
+            let same = entry
+                .kept_for
+                .as_ref()
+                .and_then(|w| w.bind(py).upgrade())
+                .is_some_and(|o| o.is(sock));
+            if same {
+                entry.reader = Some(handle.clone_ref(py));
+                Kept::Set
+            } else {
+                Kept::Register
+            }
+        })?;
+        match found {
+            Kept::No => return Ok(false),
+            Kept::Set => return Ok(true),
+            Kept::Register => {}
+        }
+        // Made outside the state's borrow (an allocation may collect); `socket.socket` is
+        // weakly referenceable, an object that is not takes the plain path.
+        let Ok(weak) = PyWeakrefReference::new(sock) else {
+            return Ok(false);
+        };
+        let weak = weak.unbind();
+        self.state
+            .with(py, |s| {
+                let Some(driver) = s.driver.clone() else {
+                    return (Err(closed_error()), None, None);
+                };
+                let token = s.sources.insert(fd, IoEntry::default());
+                let entry = &mut s.sources.get_mut(token).expect("just inserted").data;
+                if !entry.is_empty() {
+                    // Registered meanwhile (a finalizer ran at the allocation).
+                    return (Ok(false), Some(weak), None);
+                }
+                entry.reader = Some(handle.clone_ref(py));
+                let old = entry.kept_for.replace(weak);
+                // The cache may say "watched" for a registration that went with a closed socket.
+                match s.sources.reregister(&driver, token, Interest::READABLE_EDGE) {
+                    Ok(()) => (Ok(true), old, None),
+                    Err(e) => (Err(os_error(&e)), old, s.sources.remove(&driver, token)),
+                }
+            })
+            // The references let go are dropped after the borrow.
+            .and_then(|(result, weak, gone)| {
+                drop((weak, gone));
+                result
+            })
+    }
+
+    /// Ends a kept reader's wait ([`LoopCore::add_kept_reader`]): the entry goes dormant, the fd
+    /// stays registered. False if `handle` is not the kept reader of `fd` (replaced, or added the
+    /// plain way): the caller removes it the plain way.
+    pub(super) fn release_kept_reader(&self, py: Python<'_>, fd: RawFd, handle: &Py<Handle>) -> PyResult<bool> {
+        let taken = self.state.with(py, |s| {
+            let entry = &mut s.sources.get_mut(s.sources.token_of(fd)?)?.data;
+            if entry.kept_for.is_none() || !entry.reader.as_ref().is_some_and(|r| r.is(handle)) {
+                return None;
+            }
+            entry.reader.take()
+        })?;
+        // Dropped after the borrow; the caller holds the handle too.
+        Ok(taken.is_some())
+    }
+
     /// `_io_key`: `(events, reader, writer)` for `fd`, or `None`.
     pub(super) fn io_key(&self, py: Python<'_>, fd: RawFd) -> PyResult<Option<IoKey>> {
         self.state.with(py, |s| {
             let src = s.sources.get(s.sources.token_of(fd)?)?;
             let d = &src.data;
+            if d.is_empty() {
+                return None; // dormant: see `IoEntry::kept_for`
+            }
             let mask = u8::from(d.reader.is_some()) | (u8::from(d.writer.is_some()) << 1);
             Some((
                 mask,
@@ -324,7 +459,12 @@ impl LoopCore {
 
     /// `_io_fds`: every fd with a reader or writer.
     pub(super) fn io_fds(&self, py: Python<'_>) -> PyResult<Vec<RawFd>> {
-        self.state
-            .with(py, |s| s.sources.iter().map(|(_, src)| src.fd).collect())
+        self.state.with(py, |s| {
+            s.sources
+                .iter()
+                .filter(|(_, src)| !src.data.is_empty())
+                .map(|(_, src)| src.fd)
+                .collect()
+        })
     }
 }

@@ -196,6 +196,11 @@ impl LoopCore {
                 let Some(src) = s.sources.get_mut(ev.token) else {
                     continue;
                 };
+                if ev.edge && !src.interest().edge {
+                    // From a kept registration whose socket was closed with its file still open
+                    // (a dup, a child): the token is another source's now (see `Event::edge`).
+                    continue;
+                }
                 let mut changed = false;
                 let entry = &mut src.data;
                 for (ready, slot) in [(ev.readable, &mut entry.reader), (ev.writable, &mut entry.writer)] {
@@ -220,9 +225,9 @@ impl LoopCore {
                 }
                 if changed {
                     let interest = entry.interest();
-                    let empty = entry.is_empty();
+                    let unused = entry.is_unused();
                     if let Some(d) = s.driver.as_deref() {
-                        if empty {
+                        if unused {
                             s.sources.remove(d, ev.token);
                         } else {
                             // NOTE: a failure means the fd is gone; the next add reports it.

@@ -48,6 +48,8 @@ pub struct SockOp {
     future: Py<PyAny>,
     /// The reader or writer handle that calls us, to remove only our own registration.
     handle: AttachedCell<Option<Py<Handle>>>,
+    /// The reader was added the kept way ([`LoopCore::add_kept_reader`]).
+    kept: AtomicBool,
     finished: AtomicBool,
 }
 
@@ -132,15 +134,27 @@ impl SockOp {
         if self.finished.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
-        let handle = self.handle.with(py, Option::take)?;
-        if handle.is_some_and(|h| !h.get().is_cancelled()) {
-            self.loop_.get().remove_io_fd(py, self.fd, self.is_write())?;
+        let Some(handle) = self.handle.with(py, Option::take)? else {
+            return Ok(());
+        };
+        let lp = self.loop_.get();
+        if self.kept.load(Ordering::Relaxed) && lp.release_kept_reader(py, self.fd, &handle)? {
+            return Ok(());
+        }
+        if !handle.get().is_cancelled() {
+            lp.remove_io_fd(py, self.fd, self.is_write())?;
         }
         Ok(())
     }
 
-    /// Waits for the fd to be ready and completes a new future with the operation's result.
-    fn wait(loop_: &Bound<'_, LoopCore>, fd: RawFd, kind: Kind) -> PyResult<Py<PyAny>> {
+    /// Waits for the fd to be ready and completes a new future with the operation's result. A
+    /// receive from `sock` keeps the fd registered for the next wait, where it can.
+    fn wait(
+        loop_: &Bound<'_, LoopCore>,
+        sock: Option<&Bound<'_, PyAny>>,
+        fd: RawFd,
+        kind: Kind,
+    ) -> PyResult<Py<PyAny>> {
         let py = loop_.py();
         let future = new_future(loop_.as_any())?;
         let write = matches!(kind, Kind::SendAll(..));
@@ -152,10 +166,23 @@ impl SockOp {
                 kind,
                 future: future.clone().unbind(),
                 handle: AttachedCell::new(None),
+                kept: AtomicBool::new(false),
                 finished: AtomicBool::new(false),
             },
         )?;
-        let handle = LoopCore::add_io_fd(loop_, fd, op.as_any(), &PyTuple::empty(py), None, write)?;
+        let args = PyTuple::empty(py);
+        let handle = match sock {
+            Some(sock) if !write => {
+                let handle = Py::new(py, LoopCore::new_handle(loop_, op.as_any(), &args, None)?)?;
+                if loop_.get().add_kept_reader(py, fd, sock, &handle)? {
+                    op.get().kept.store(true, Ordering::Relaxed);
+                    handle
+                } else {
+                    LoopCore::add_io_fd(loop_, fd, op.as_any(), &args, None, false)?
+                }
+            }
+            _ => LoopCore::add_io_fd(loop_, fd, op.as_any(), &args, None, write)?,
+        };
         op.get().handle.with(py, |h| *h = Some(handle))?;
         future.call_method1("add_done_callback", (&op,))?;
         Ok(future.unbind())
@@ -221,8 +248,8 @@ pub fn try_recv(loop_: &Bound<'_, LoopCore>, fd: RawFd, n: usize) -> PyResult<Op
 }
 
 /// A future of `sock.recv(n)`, completed when the socket is readable.
-pub fn wait_recv(loop_: &Bound<'_, LoopCore>, fd: RawFd, n: usize) -> PyResult<Py<PyAny>> {
-    SockOp::wait(loop_, fd, Kind::Recv(n))
+pub fn wait_recv(loop_: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, fd: RawFd, n: usize) -> PyResult<Py<PyAny>> {
+    SockOp::wait(loop_, Some(sock), fd, Kind::Recv(n))
 }
 
 /// `sock.recv_into(buf)`: `(false, None)` if `buf` is not a writable byte buffer, else `true` and
@@ -239,9 +266,14 @@ pub fn try_recv_into(
     now(attempt).map(|r| (true, r))
 }
 
-pub fn wait_recv_into(loop_: &Bound<'_, LoopCore>, fd: RawFd, buf: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+pub fn wait_recv_into(
+    loop_: &Bound<'_, LoopCore>,
+    sock: &Bound<'_, PyAny>,
+    fd: RawFd,
+    buf: &Bound<'_, PyAny>,
+) -> PyResult<Option<Py<PyAny>>> {
     let Some(v) = view(buf, true) else { return Ok(None) };
-    SockOp::wait(loop_, fd, Kind::RecvInto(v)).map(Some)
+    SockOp::wait(loop_, Some(sock), fd, Kind::RecvInto(v)).map(Some)
 }
 
 /// Sends what the socket takes now: `Ok(None)` if `data` is not a byte buffer, else
@@ -267,7 +299,7 @@ pub fn wait_sendall(
     sent: usize,
 ) -> PyResult<Option<Py<PyAny>>> {
     let Some(v) = view(data, false) else { return Ok(None) };
-    SockOp::wait(loop_, fd, Kind::SendAll(v, AttachedCell::new(sent))).map(Some)
+    SockOp::wait(loop_, None, fd, Kind::SendAll(v, AttachedCell::new(sent))).map(Some)
 }
 
 /// `socket.socket`, the one class whose instances [`plain_fd`] takes.

@@ -41,6 +41,7 @@ impl base::State for ReadState {
         Interest {
             readable: self.flags.started && self.flags.is_reading(),
             writable: false,
+            edge: false,
         }
     }
 

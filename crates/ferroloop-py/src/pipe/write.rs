@@ -51,6 +51,7 @@ impl base::State for WriteState {
                 && self.ends.pipe.is_some()
                 && !(f.closing && self.writes.is_empty()),
             writable: !self.writes.is_empty(),
+            edge: false,
         }
     }
 

@@ -181,6 +181,7 @@ impl base::State for State {
         Interest {
             readable: f.started && f.is_reading() && !self.read_eof && f.conn_lost == 0,
             writable: !self.writes.is_empty(),
+            edge: false,
         }
     }
 

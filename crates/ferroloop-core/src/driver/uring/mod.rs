@@ -508,6 +508,7 @@ impl Uring {
                     let f = PollFlags::from_bits_retain(if res < 0 { !0 } else { res as _ });
                     out.push(Event {
                         token: reg.token,
+                        edge: false,
                         // As selectors.EpollSelector: any condition but OUT wakes a reader, any but
                         // IN a writer.
                         readable: !(f - PollFlags::OUT).is_empty(),
