@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers_net import nonblocking_pair
 
 # Source run at the top of every child interpreter made by `child_command`: it binds
 # `new_loop` to the factory of the loop under test.
@@ -86,6 +87,15 @@ def run(loop):
         return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
     return run_coro
+
+
+@pytest.fixture
+def sockpair():
+    """A connected pair of non-blocking sockets, closed at teardown."""
+    a, b = nonblocking_pair()
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

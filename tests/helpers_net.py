@@ -17,6 +17,14 @@ def small_sndbuf(transport):
     transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_SNDBUF)
 
 
+def nonblocking_pair():
+    """A connected pair of non-blocking UNIX stream sockets."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
 def open_fds():
     """The set of file descriptors currently open in this process."""
     return {int(name) for name in os.listdir("/proc/self/fd")}

@@ -20,16 +20,6 @@ def pipe():
             os.close(fd)
 
 
-@pytest.fixture
-def sockpair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 class FileLike:
     """Anything with a fileno() method is accepted where an fd is."""
 

@@ -9,16 +9,6 @@ import pytest
 
 
 @pytest.fixture
-def sockpair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-@pytest.fixture
 def udp_pair():
     socks = []
     for _ in range(2):

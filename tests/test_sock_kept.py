@@ -14,23 +14,7 @@ import os
 import socket
 
 import pytest
-
-
-@pytest.fixture
-def sockpair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-def _pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
+from helpers_net import nonblocking_pair
 
 
 def _at(number, sock):
@@ -44,11 +28,17 @@ def _at(number, sock):
     return moved
 
 
-async def _waited_recv(loop, sock, peer, data):
-    """A ``sock_recv`` that has to wait: the data is sent only once the wait began."""
+async def _pending_recv(loop, sock):
+    """A ``sock_recv`` task, waiting (it has had an iteration to find nothing to read)."""
     pending = asyncio.ensure_future(loop.sock_recv(sock, 100))
     await asyncio.sleep(0)
     assert not pending.done()
+    return pending
+
+
+async def _waited_recv(loop, sock, peer, data):
+    """A ``sock_recv`` that has to wait: the data is sent only once the wait began."""
+    pending = await _pending_recv(loop, sock)
     peer.send(data)
     return await pending
 
@@ -66,8 +56,7 @@ def test_nothing_is_registered_between_waits(run, loop, sockpair):
         # As after asyncio's wait: no reader to remove, none reported.
         assert loop.remove_reader(a) is False
         assert await _waited_recv(loop, a, b, b"two") == b"two"
-        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
-        await asyncio.sleep(0)
+        pending = await _pending_recv(loop, a)
         assert loop.remove_reader(a) is True  # the wait's reader, as asyncio's
         pending.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -102,8 +91,7 @@ def test_eof_ends_a_wait(run, loop, sockpair):
 
     async def main():
         assert await _waited_recv(loop, a, b, b"x") == b"x"
-        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
-        await asyncio.sleep(0)
+        pending = await _pending_recv(loop, a)
         b.close()
         return await pending
 
@@ -178,8 +166,7 @@ def test_a_cancelled_wait_and_then_a_reader(run, loop, sockpair):
 
     async def main():
         assert await _waited_recv(loop, a, b, b"x") == b"x"
-        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
-        await asyncio.sleep(0)
+        pending = await _pending_recv(loop, a)
         pending.cancel()
         with pytest.raises(asyncio.CancelledError):
             await pending
@@ -195,13 +182,13 @@ def test_a_cancelled_wait_and_then_a_reader(run, loop, sockpair):
 
 
 def test_a_new_socket_on_the_number_of_a_closed_one(run, loop):
-    a, a_peer = _pair()
+    a, a_peer = nonblocking_pair()
     number = a.fileno()
 
     async def main():
         assert await _waited_recv(loop, a, a_peer, b"old") == b"old"
         a.close()  # no other fd has its file: the kernel forgets its registration
-        b, b_peer = _pair()
+        b, b_peer = nonblocking_pair()
         b = _at(number, b)
         try:
             # The loop must register the new socket although the number is the old one's.
@@ -220,14 +207,14 @@ def test_a_new_socket_on_the_number_of_a_closed_one(run, loop):
 def test_a_closed_socket_whose_file_a_dup_keeps_open(run, loop, new_wait):
     # epoll drops a registration only when its file is closed: with a dup open, the old socket's
     # registration outlives its fd and reports under the token the new socket on its number gets.
-    a, a_peer = _pair()
+    a, a_peer = nonblocking_pair()
     number = a.fileno()
     a_dup = a.dup()
 
     async def main():
         assert await _waited_recv(loop, a, a_peer, b"old") == b"old"
         a.close()
-        b, b_peer = _pair()
+        b, b_peer = nonblocking_pair()
         b = _at(number, b)
         try:
             if new_wait == "add_reader":
@@ -240,8 +227,7 @@ def test_a_closed_socket_whose_file_a_dup_keeps_open(run, loop, new_wait):
                 await _iterations()
                 loop.remove_reader(b)
                 return spurious, bool(calls), b.recv(100)
-            pending = asyncio.ensure_future(loop.sock_recv(b, 100))
-            await asyncio.sleep(0)
+            pending = await _pending_recv(loop, b)
             a_peer.send(b"to the old file")
             await _iterations()
             early = pending.done()
