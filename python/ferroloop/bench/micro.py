@@ -12,6 +12,7 @@ which prints one JSON line ``{"ops": ..., "seconds": ..., "rate": ...}``.
 import argparse
 import asyncio
 import json
+import socket
 import sys
 import threading
 import time
@@ -121,6 +122,19 @@ async def future_round_trip(loop, n):
         fut = loop.create_future()
         loop.call_soon(fut.set_result, None)
         await fut
+
+
+@case("sock_recv wait", 10_000, "receives/s")
+async def sock_recv_wait(loop, n):
+    """sock_recv on a socketpair that finds nothing and waits: the peer's send is a callback
+    queued before the receive, so it runs once the wait began (one wait per receive)."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        for _ in range(n):
+            loop.call_soon(b.send, b"x")
+            await loop.sock_recv(a, 100)
 
 
 @case("call_soon_threadsafe", 10_000, "callbacks/s")

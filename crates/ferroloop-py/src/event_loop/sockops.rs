@@ -184,7 +184,7 @@ impl SockOp {
             _ => LoopCore::add_io_fd(loop_, fd, op.as_any(), &args, None, write)?,
         };
         op.get().handle.with(py, |h| *h = Some(handle))?;
-        future.call_method1("add_done_callback", (&op,))?;
+        future.call_method1(pyo3::intern!(py, "add_done_callback"), (&op,))?;
         Ok(future.unbind())
     }
 }
@@ -199,19 +199,19 @@ impl SockOp {
             return self.finish(py);
         }
         let future = self.future.bind(py);
-        if future.call_method0("done")?.is_truthy()? {
+        if future.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
             return self.finish(py);
         }
         match self.attempt(py)? {
             Attempt::Again => Ok(()),
             Attempt::Done(v) => {
                 self.finish(py)?;
-                future.call_method1("set_result", (v,)).map(drop)
+                future.call_method1(pyo3::intern!(py, "set_result"), (v,)).map(drop)
             }
             Attempt::Failed(e) => {
                 self.finish(py)?;
                 future
-                    .call_method1("set_exception", (glue::exc_value(py, &e),))
+                    .call_method1(pyo3::intern!(py, "set_exception"), (glue::exc_value(py, &e),))
                     .map(drop)
             }
         }
