@@ -1,7 +1,7 @@
 """A short program over ferroloop's main paths, to run under valgrind's memcheck (``make
 valgrind``): callbacks, timers, a task, handles and contexts parked out of the GC's walk (some
-cancelled, some held outside, collections between), TCP and UNIX streams, UDP, a pipe, a
-subprocess and TLS.
+cancelled, some held outside, collections between), ``sock_recv`` waits on a kept registration,
+TCP and UNIX streams, UDP, a pipe, a subprocess and TLS.
 It exits 0 when every step gave the expected result; valgrind's ``--error-exitcode`` turns any
 invalid read or write, use of uninitialised memory or bad free into a failure."""
 
@@ -52,6 +52,45 @@ async def parked_handles(loop):
     assert len(ran) == 160 - len(cancelled), (len(ran), len(cancelled))
 
 
+async def kept_sock_waits(loop):
+    """``sock_recv`` waits on a socket whose registration the loop keeps between waits (epoll):
+    waits, a cancelled one, the socket closed while kept with a dup holding its file, and a new
+    socket on its number, whose waits the old file's reports must not disturb."""
+
+    async def waited(sock, peer, data):
+        pending = asyncio.ensure_future(loop.sock_recv(sock, 100))
+        await asyncio.sleep(0)
+        peer.send(data)
+        return await pending
+
+    a, a_peer = socket.socketpair()
+    for s in (a, a_peer):
+        s.setblocking(False)
+    for i in range(20):
+        assert await waited(a, a_peer, b"%d" % i) == b"%d" % i
+    cancelled = asyncio.ensure_future(loop.sock_recv(a, 100))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    number, kept = a.fileno(), a.dup()
+    a.close()
+    b, b_peer = socket.socketpair()
+    if b.fileno() != number:
+        os.dup2(b.fileno(), number)
+        b.close()
+        b = socket.socket(fileno=number)
+    b.setblocking(False)
+    pending = asyncio.ensure_future(loop.sock_recv(b, 100))
+    await asyncio.sleep(0)
+    a_peer.send(b"to the old file")
+    await asyncio.sleep(0)
+    b_peer.send(b"new")
+    assert await pending == b"new"
+    assert kept.recv(100) == b"to the old file"
+    for s in (b, b_peer, kept, a_peer):
+        s.close()
+
+
 async def main():
     loop = asyncio.get_running_loop()
     order = []
@@ -62,6 +101,7 @@ async def main():
     assert order == [1, 2, 3], order
     assert await asyncio.gather(*(asyncio.sleep(0, i) for i in range(10))) == list(range(10))
     await parked_handles(loop)
+    await kept_sock_waits(loop)
 
     payload = os.urandom(200_000)
     server = await loop.create_server(Echo, "127.0.0.1", 0)
