@@ -79,6 +79,8 @@ impl IoEntry {
     /// Ends the keeping of a `sock_*` socket's registration, before another registration on the
     /// fd; a dormant entry is then as new (`fileobj` is `add_reader`'s, if it is the one).
     fn end_keeping(&mut self, fileobj: Option<&Bound<'_, PyAny>>) {
+        // NOTE: the weak reference may be freed here, in the state's borrow: freeing a weak
+        // reference with no callback runs no Python code.
         if self.kept_for.take().is_some() && self.is_empty() {
             self.fileobj = fileobj
                 .filter(|f| !f.is_instance_of::<PyInt>())
@@ -315,8 +317,19 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
         write: bool,
     ) -> PyResult<Py<Handle>> {
+        let handle = Py::new(slf.py(), Self::new_handle(slf, callback, args, context)?)?;
+        Self::install_io(slf, fd, fileobj, handle, write)
+    }
+
+    /// Makes `handle` `fd`'s reader (writer with `write`), cancelling the one it replaces.
+    fn install_io(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        fileobj: Option<&Bound<'_, PyAny>>,
+        handle: Py<Handle>,
+        write: bool,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let handle = Py::new(py, Self::new_handle(slf, callback, args, context)?)?;
         if let Some(old) = slf
             .get()
             .set_io_callback(py, fd, write, Some(handle.clone_ref(py)), fileobj)?
@@ -324,6 +337,24 @@ impl LoopCore {
             Handle::cancel(old.bind(py))?;
         }
         Ok(handle)
+    }
+
+    /// The reader of a `sock_recv` wait on `sock`'s `fd`, calling `callback`: kept registered for
+    /// the next wait where the backend and the fd allow it ([`LoopCore::add_kept_reader`]), else
+    /// added as `_add_reader` adds one. Returns the handle and whether it is kept.
+    pub(super) fn add_sock_reader(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        sock: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+    ) -> PyResult<(Py<Handle>, bool)> {
+        let py = slf.py();
+        slf.get().check_closed()?;
+        let handle = Py::new(py, Self::new_handle(slf, callback, &PyTuple::empty(py), None)?)?;
+        if slf.get().add_kept_reader(py, fd, sock, &handle)? {
+            return Ok((handle, true));
+        }
+        Self::install_io(slf, fd, None, handle, false).map(|h| (h, false))
     }
 
     pub(super) fn remove_io(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
@@ -358,7 +389,7 @@ impl LoopCore {
     /// Edge-triggered is enough: the caller's last `recv` said `EAGAIN`, so the data that ends
     /// the wait arrives after it and is reported as a change. What changed while the entry was
     /// dormant was dropped, and is read by the next wait's first `recv`.
-    pub(super) fn add_kept_reader(
+    fn add_kept_reader(
         &self,
         py: Python<'_>,
         fd: RawFd,

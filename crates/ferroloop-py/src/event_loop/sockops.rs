@@ -170,18 +170,13 @@ impl SockOp {
                 finished: AtomicBool::new(false),
             },
         )?;
-        let args = PyTuple::empty(py);
         let handle = match sock {
             Some(sock) if !write => {
-                let handle = Py::new(py, LoopCore::new_handle(loop_, op.as_any(), &args, None)?)?;
-                if loop_.get().add_kept_reader(py, fd, sock, &handle)? {
-                    op.get().kept.store(true, Ordering::Relaxed);
-                    handle
-                } else {
-                    LoopCore::add_io_fd(loop_, fd, op.as_any(), &args, None, false)?
-                }
+                let (handle, kept) = LoopCore::add_sock_reader(loop_, fd, sock, op.as_any())?;
+                op.get().kept.store(kept, Ordering::Relaxed);
+                handle
             }
-            _ => LoopCore::add_io_fd(loop_, fd, op.as_any(), &args, None, write)?,
+            _ => LoopCore::add_io_fd(loop_, fd, op.as_any(), &PyTuple::empty(py), None, write)?,
         };
         op.get().handle.with(py, |h| *h = Some(handle))?;
         future.call_method1(pyo3::intern!(py, "add_done_callback"), (&op,))?;
